@@ -1,0 +1,46 @@
+"""Errors: the exception tree and RFC 9457 problem details.
+
+Every exception asgi-resilience raises derives from :class:`ResilienceError`::
+
+    Exception
+    └── ResilienceError            status, type slug, title, retryable, retry_after
+        ├── ConfigurationError     (also ValueError) a bad option, raised at construction
+        ├── StorageError           503 storage-unavailable: a backend such as Redis failed
+        ├── RateLimitExceeded      429 rate-limited, carries violated_policies
+        ├── Overloaded             503 overloaded: load shed by a concurrency limit
+        ├── DeadlineExceeded       504 timeout: the request ran out of time
+        ├── CircuitOpenError       503 circuit-open (also httpx.TransportError), carries origin
+        ├── RetriesExhausted       502 retries-exhausted (also httpx.TransportError)
+        └── Problem                any 4xx/5xx an app raises to answer with an exact problem
+"""
+
+from __future__ import annotations
+
+from asgi_resilience.errors._exceptions import (
+    CircuitOpenError,
+    ConfigurationError,
+    DeadlineExceeded,
+    Overloaded,
+    RateLimitExceeded,
+    ResilienceError,
+    RetriesExhausted,
+    StorageError,
+)
+from asgi_resilience.errors._middleware import ProblemDetailsMiddleware, ProblemHandler
+from asgi_resilience.errors._problem import PROBLEM_MEDIA_TYPE, Problem, ProblemDetails
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "DeadlineExceeded",
+    "Overloaded",
+    "Problem",
+    "ProblemDetails",
+    "ProblemDetailsMiddleware",
+    "ProblemHandler",
+    "RateLimitExceeded",
+    "ResilienceError",
+    "RetriesExhausted",
+    "StorageError",
+]
