@@ -22,6 +22,7 @@ from asgi_resilience.errors import (
     RetriesExhausted,
     StorageError,
 )
+from asgi_resilience.timeout import current_deadline, remaining_time
 
 __all__ = [
     "CircuitOpenError",
@@ -35,6 +36,8 @@ __all__ = [
     "ResilienceError",
     "RetriesExhausted",
     "StorageError",
+    "current_deadline",
+    "remaining_time",
 ]
 
 

@@ -19,6 +19,7 @@ from asgi_resilience.errors._problem import (
     reason_phrase,
     render,
 )
+from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
 from asgi_resilience.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["ProblemDetailsMiddleware", "ProblemHandler"]
@@ -116,6 +117,7 @@ class ProblemDetailsMiddleware:
         type_base: an absolute URI that turns type slugs into absolute type URIs.
         request_id_header: a request header copied into the ``request_id`` extension, or None.
         trace_id: add the current OpenTelemetry trace id as the ``trace_id`` extension.
+        telemetry: record ``asgi_resilience.exceptions{error.type,result}``; False for none.
 
     .. versionadded:: 0.1.0
     """
@@ -129,8 +131,10 @@ class ProblemDetailsMiddleware:
         type_base: str | None = None,
         request_id_header: str | None = "X-Request-ID",
         trace_id: bool = True,
+        telemetry: Telemetry | bool = True,
     ) -> None:
         self.app = app
+        self._exceptions = resolve_telemetry(telemetry).instrument("asgi_resilience.exceptions")
         self.debug = debug
         self.type_base = _check_type_base(type_base)
         self._request_id_header = request_id_header.lower().encode("latin-1") if request_id_header else None
@@ -175,6 +179,7 @@ class ProblemDetailsMiddleware:
                     "Exception after the response started; the response is cut short",
                     exc_info=original,
                 )
+                self._exceptions.add(1, {"error.type": _type_name(original), "result": "skipped"})
                 if original is exc:
                     raise
                 raise original from None
@@ -189,7 +194,9 @@ class ProblemDetailsMiddleware:
         if target is None:
             problem = internal_error(leaf, debug=self.debug)
             logger.error("Unhandled exception while serving %s", _where(scope), exc_info=exc)
+            self._exceptions.add(1, {"error.type": _type_name(leaf), "result": "unhandled"})
         else:
+            self._exceptions.add(1, {"error.type": _type_name(leaf), "result": "handled"})
             try:
                 problem = await self._apply(target, leaf)
             except Exception:
@@ -314,6 +321,11 @@ def _is_group(exc: BaseException) -> bool:
 
 def _is_starlette_started_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and exc.args == (_STARTED_MESSAGE,)
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _where(scope: Scope) -> str:

@@ -1,0 +1,140 @@
+"""The published metric table: every instrument asgi-resilience records.
+
+Attributes are low-cardinality only: a rule or policy name, a result, a phase, an origin
+(scheme://host:port of an outbound call), a route template. Never a client key, an IP address, a
+raw path or a cache key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+__all__ = ["METRICS", "MetricSpec"]
+
+Kind = Literal["counter", "up_down_counter", "histogram", "gauge"]
+
+
+class MetricSpec(NamedTuple):
+    name: str
+    kind: Kind
+    unit: str
+    description: str
+    attributes: tuple[str, ...]
+
+
+_SPECS = [
+    MetricSpec(
+        "asgi_resilience.rate_limit.requests",
+        "counter",
+        "{request}",
+        "Requests checked by a rate-limit rule, by result (allowed, limited, shadow_limited, store_error).",
+        ("rule", "result"),
+    ),
+    MetricSpec(
+        "asgi_resilience.rate_limit.duration",
+        "histogram",
+        "s",
+        "Time spent deciding a request against every matching rule (one storage round trip).",
+        ("storage",),
+    ),
+    MetricSpec(
+        "asgi_resilience.cache.requests",
+        "counter",
+        "{request}",
+        "Requests seen by the response cache, by result (hit, miss, stale, bypass, stored).",
+        ("result",),
+    ),
+    MetricSpec(
+        "asgi_resilience.cache.errors",
+        "counter",
+        "{error}",
+        "Cache backend failures answered as a miss.",
+        ("operation",),
+    ),
+    MetricSpec(
+        "asgi_resilience.timeouts",
+        "counter",
+        "{timeout}",
+        "Requests that hit their deadline, by phase (before_start, after_start).",
+        ("phase",),
+    ),
+    MetricSpec(
+        "asgi_resilience.concurrency.active",
+        "up_down_counter",
+        "{request}",
+        "Requests currently holding a concurrency slot.",
+        ("partition",),
+    ),
+    MetricSpec(
+        "asgi_resilience.concurrency.queued",
+        "up_down_counter",
+        "{request}",
+        "Requests currently waiting for a concurrency slot.",
+        ("partition",),
+    ),
+    MetricSpec(
+        "asgi_resilience.concurrency.rejected",
+        "counter",
+        "{request}",
+        "Requests shed with 503 by the concurrency limit, by reason (queue_full, queue_timeout).",
+        ("partition", "reason"),
+    ),
+    MetricSpec(
+        "asgi_resilience.concurrency.limit",
+        "gauge",
+        "{request}",
+        "The current concurrency limit (changes when adaptive).",
+        ("partition",),
+    ),
+    MetricSpec(
+        "asgi_resilience.concurrency.queue.duration",
+        "histogram",
+        "s",
+        "Time requests waited for a concurrency slot.",
+        ("partition",),
+    ),
+    MetricSpec(
+        "asgi_resilience.exceptions",
+        "counter",
+        "{exception}",
+        "Exceptions seen by ProblemDetailsMiddleware, by type and result (handled, unhandled, skipped).",
+        ("error.type", "result"),
+    ),
+    MetricSpec(
+        "asgi_resilience.client.attempts",
+        "counter",
+        "{attempt}",
+        "Outbound attempts by origin and outcome (success, failure, timeout, rejected).",
+        ("origin", "outcome"),
+    ),
+    MetricSpec(
+        "asgi_resilience.client.retries",
+        "counter",
+        "{retry}",
+        "Outbound retries started, by origin.",
+        ("origin",),
+    ),
+    MetricSpec(
+        "asgi_resilience.client.attempt.duration",
+        "histogram",
+        "s",
+        "Duration of each outbound attempt.",
+        ("origin", "outcome"),
+    ),
+    MetricSpec(
+        "asgi_resilience.circuit_breaker.state",
+        "up_down_counter",
+        "{breaker}",
+        "Circuit breakers per origin and state (closed, open, half_open): 1 for the current state.",
+        ("origin", "state"),
+    ),
+    MetricSpec(
+        "asgi_resilience.circuit_breaker.transitions",
+        "counter",
+        "{transition}",
+        "Circuit breaker state transitions.",
+        ("origin", "from", "to"),
+    ),
+]
+
+METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}

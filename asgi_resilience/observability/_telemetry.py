@@ -1,0 +1,176 @@
+"""OpenTelemetry glue that is a true no-op without the ``otel`` extra or with telemetry off.
+
+Every component takes ``telemetry: Telemetry | bool = True``. ``True`` means the process-wide
+default (:func:`default_telemetry`), which records through the global OpenTelemetry providers when
+the API is installed (themselves no-ops until an SDK is configured) and keeps in-process totals for
+the live dashboard. ``False`` means :data:`NOOP`: no calls at all on the hot path beyond one method
+call on an empty object.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from asgi_resilience.errors import ConfigurationError
+from asgi_resilience.observability._names import METRICS
+
+__all__ = ["NOOP", "Instrument", "Telemetry", "default_telemetry", "resolve_telemetry"]
+
+Attributes = Mapping[str, str]
+
+
+class Instrument:
+    """One metric. ``add`` for counters and up-down counters, ``record`` for histograms and gauges."""
+
+    __slots__ = ("_lock", "_otel", "kind", "name", "totals")
+
+    def __init__(self, name: str, kind: str, otel: Any) -> None:
+        self.name = name
+        self.kind = kind
+        self._otel = otel
+        self._lock = threading.Lock()
+        # attribute tuple -> running total (counters), current value (gauges), [count, sum] (histograms)
+        self.totals: dict[tuple[tuple[str, str], ...], Any] = {}
+
+    def add(self, value: float, attributes: Attributes | None = None) -> None:
+        key = tuple(sorted(attributes.items())) if attributes else ()
+        with self._lock:
+            self.totals[key] = self.totals.get(key, 0) + value
+        if self._otel is not None:
+            self._otel.add(value, attributes)
+
+    def record(self, value: float, attributes: Attributes | None = None) -> None:
+        key = tuple(sorted(attributes.items())) if attributes else ()
+        with self._lock:
+            if self.kind == "gauge":
+                self.totals[key] = value
+            else:
+                count, total = self.totals.get(key, (0, 0.0))
+                self.totals[key] = (count + 1, total + value)
+        if self._otel is not None:
+            (self._otel.set if self.kind == "gauge" else self._otel.record)(value, attributes)
+
+
+class _NoopInstrument(Instrument):
+    __slots__ = ()
+
+    def add(self, value: float, attributes: Attributes | None = None) -> None:
+        return None
+
+    def record(self, value: float, attributes: Attributes | None = None) -> None:
+        return None
+
+
+class Telemetry:
+    """Instruments (from the published table) and span helpers for one set of components.
+
+    Args:
+        meter_provider: an OpenTelemetry ``MeterProvider``; the global one when None.
+        tracer_provider: unused for spans we create (we create none); reserved.
+        enabled: False gives the same object as :data:`NOOP`.
+    """
+
+    def __init__(self, *, meter_provider: Any = None, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._instruments: dict[str, Instrument] = {}
+        self._snapshots: dict[str, Callable[[], Any]] = {}
+        self._lock = threading.Lock()
+        self._meter: Any = None
+        self._trace: Any = None
+        if enabled:
+            try:
+                from opentelemetry import metrics, trace
+            except ImportError:
+                pass
+            else:
+                provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+                self._meter = provider.get_meter("asgi_resilience")
+                self._trace = trace
+
+    def instrument(self, name: str) -> Instrument:
+        """The instrument called ``name`` in the metric table (created once)."""
+        found = self._instruments.get(name)
+        if found is not None:
+            return found
+        spec = METRICS.get(name)
+        if spec is None:
+            raise ConfigurationError(f"{name!r} is not in the published metric table (observability/_names.py)")
+        with self._lock:
+            found = self._instruments.get(name)
+            if found is None:
+                if not self.enabled:
+                    found = _NoopInstrument(name, spec.kind, None)
+                else:
+                    otel = None
+                    if self._meter is not None:
+                        create = {
+                            "counter": self._meter.create_counter,
+                            "up_down_counter": self._meter.create_up_down_counter,
+                            "histogram": self._meter.create_histogram,
+                            "gauge": self._meter.create_gauge,
+                        }[spec.kind]
+                        otel = create(spec.name, unit=spec.unit, description=spec.description)
+                    found = Instrument(name, spec.kind, otel)
+                self._instruments[name] = found
+        return found
+
+    def span_event(self, name: str, attributes: Attributes | None = None) -> None:
+        """Add an event to the current (server) span, if one is recording. Never creates a span."""
+        if self._trace is None:
+            return
+        span = self._trace.get_current_span()
+        if span.is_recording():
+            span.add_event(name, attributes=dict(attributes or {}))
+
+    def span_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Set attributes on the current (server) span, if one is recording."""
+        if self._trace is None:
+            return
+        span = self._trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(dict(attributes))
+
+    def register_snapshot(self, name: str, provider: Callable[[], Any]) -> None:
+        """Let the dashboard read a component's live state (``provider()`` returns JSON-able data)."""
+        if self.enabled:
+            self._snapshots[name] = provider
+
+    def snapshot(self) -> dict[str, Any]:
+        """Totals of every instrument plus every registered component snapshot (JSON-able)."""
+        metrics: dict[str, Any] = {}
+        for name, inst in list(self._instruments.items()):
+            with inst._lock:
+                items = list(inst.totals.items())
+            metrics[name] = [{"attributes": dict(key), "value": value} for key, value in items]
+        components: dict[str, Any] = {}
+        for name, provider in list(self._snapshots.items()):
+            try:
+                components[name] = provider()
+            except Exception as exc:  # a broken provider must not break the dashboard
+                components[name] = {"error": type(exc).__name__}
+        return {"metrics": metrics, "components": components}
+
+
+NOOP = Telemetry(enabled=False)
+_default: Telemetry | None = None
+
+
+def default_telemetry() -> Telemetry:
+    """The process-wide telemetry used by components created with ``telemetry=True``."""
+    global _default
+    if _default is None:
+        _default = Telemetry()
+    return _default
+
+
+def resolve_telemetry(telemetry: Telemetry | bool) -> Telemetry:
+    """``True`` -> the default, ``False`` -> :data:`NOOP`, an instance as is."""
+    if telemetry is True:
+        return default_telemetry()
+    if telemetry is False:
+        return NOOP
+    if isinstance(telemetry, Telemetry):
+        return telemetry
+    raise ConfigurationError(f"telemetry must be True, False or a Telemetry instance, got {telemetry!r}")

@@ -1,0 +1,28 @@
+"""Redis connection glue."""
+
+from __future__ import annotations
+
+import pytest
+
+from asgi_resilience import ConfigurationError
+from asgi_resilience._redis import is_redis_url, redis_client
+
+
+def test_is_redis_url() -> None:
+    assert is_redis_url("redis://localhost:6379/0") and is_redis_url("rediss://h") and is_redis_url("unix:///s")
+    assert not is_redis_url("memory://") and not is_redis_url(None)
+
+
+def test_bad_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="redis://"):
+        redis_client("memcached://x")
+
+
+@pytest.mark.redis
+async def test_client_from_url_talks_to_redis_and_clients_pass_through(redis_url: str) -> None:
+    client = redis_client(redis_url, socket_timeout=1.0)
+    try:
+        assert await client.ping()
+        assert redis_client(client) is client
+    finally:
+        await client.aclose()
