@@ -1,0 +1,129 @@
+"""Endpoint options found before routing: Starlette routes, FastAPI routers, mounted apps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route, Router
+
+from asgi_resilience import ConfigurationError
+from asgi_resilience._routing import EndpointOptions, mark_endpoint
+from asgi_resilience.testing import http_scope
+
+
+def tagged(value: str) -> Any:
+    def decorate(func: Any) -> Any:
+        return mark_endpoint(func, "test", value)
+
+    return decorate
+
+
+@tagged("home")
+async def home(request: Request) -> Response:
+    return PlainTextResponse("home")
+
+
+async def plain(request: Request) -> Response:
+    return PlainTextResponse("plain")
+
+
+@tagged("inner")
+async def inner(request: Request) -> Response:
+    return PlainTextResponse("inner")
+
+
+async def raw_app(scope: Any, receive: Any, send: Any) -> None:
+    pass
+
+
+mark_endpoint(raw_app, "test", "raw")
+
+
+def make_starlette() -> Starlette:
+    sub = Starlette(routes=[Route("/deep/{id:int}", inner)])
+    return Starlette(
+        routes=[
+            Route("/", home),
+            Route("/plain", plain),
+            Route("/only-post", home, methods=["POST"]),
+            Mount("/sub", app=sub),
+            Mount("/routed", app=Router(routes=[Route("/x", inner)])),
+            Mount("/raw", app=raw_app),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("GET", "/", "home"),
+        ("GET", "/plain", None),
+        ("GET", "/missing", None),
+        ("GET", "/sub/deep/3", "inner"),
+        ("GET", "/sub/deep/not-int", None),
+        ("GET", "/routed/x", "inner"),
+        ("GET", "/raw/anything", "raw"),
+        ("POST", "/only-post", "home"),
+        ("GET", "/only-post", "home"),  # PARTIAL: Starlette answers 405 from that route
+    ],
+)
+def test_starlette_routes_and_mounts(method: str, path: str, expected: str | None) -> None:
+    app = make_starlette()
+    finder = EndpointOptions("test")
+    scope = http_scope(method, path, app=app)
+    assert finder.lookup(scope) == expected
+    assert finder.lookup(scope) == expected  # cached
+    assert EndpointOptions("other").lookup(scope) is None
+
+
+def test_fastapi_include_router() -> None:
+    app = FastAPI()
+    router = APIRouter(prefix="/api")
+
+    @router.get("/items/{item_id}")
+    @tagged("items")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    @tagged("above")
+    @router.post("/orders")
+    async def orders() -> dict[str, str]:
+        return {}
+
+    app.include_router(router)
+    finder = EndpointOptions("test")
+    assert finder.lookup(http_scope("GET", "/api/items/3", app=app)) == "items"
+    assert finder.lookup(http_scope("POST", "/api/orders", app=app)) == "above"
+    assert finder.lookup(http_scope("GET", "/docs", app=app)) is None
+
+
+def test_non_starlette_app_has_no_options() -> None:
+    assert EndpointOptions("test").lookup(http_scope(app=object())) is None
+    assert EndpointOptions("test").lookup(http_scope()) is None
+
+
+def test_marking_something_that_cannot_hold_attributes_fails_clearly() -> None:
+    with pytest.raises(ConfigurationError, match="cannot attach"):
+        mark_endpoint(len, "test", 1)
+
+
+def test_fastapi_nested_routers_with_include_prefixes() -> None:
+    app = FastAPI()
+    outer = APIRouter(prefix="/outer")
+    inner_router = APIRouter(prefix="/inner")
+
+    @inner_router.get("/leaf")
+    @tagged("leaf")
+    async def leaf() -> dict[str, str]:
+        return {}
+
+    outer.include_router(inner_router)
+    app.include_router(outer, prefix="/v1")
+    finder = EndpointOptions("test")
+    assert finder.lookup(http_scope("GET", "/v1/outer/inner/leaf", app=app)) == "leaf"
+    assert finder.lookup(http_scope("GET", "/outer/inner/leaf", app=app)) is None
