@@ -1,0 +1,189 @@
+"""Shared helpers for the benchmark and end-to-end scripts: processes on loopback, load, tables.
+
+Every process is started here and stopped by its own pid; every load loop is bounded in request count
+and in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from asgi_resilience.testing import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = ["LOAD_TABLE_HEADERS", "ROOT", "LoadResult", "Uvicorn", "load", "print_table", "timed", "wait_http"]
+
+
+def wait_http(url: str, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``url`` answers anything (or fail if ``process`` died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+class Uvicorn:
+    """``uvicorn <app> --workers N`` on 127.0.0.1 in a subprocess, stopped by its own pid."""
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        workers: int = 1,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.app = app
+        self.workers = workers
+        self.port = port or free_port()
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.extra = list(extra)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_path: str = "/healthz") -> Uvicorn:
+        cmd = [
+            sys.executable, "-m", "uvicorn", self.app,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(self.workers), "--log-level", "warning", "--no-access-log",
+            *self.extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL)
+        wait_http(self.url + ready_path, process=self.process)
+        if self.workers > 1:
+            time.sleep(0.5 + 0.2 * self.workers)  # let every worker finish booting before the load
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+    def __enter__(self) -> Uvicorn:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@dataclass
+class LoadResult:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    elapsed: float = 0.0
+    responses: list[httpx.Response] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(self.statuses.values()) + sum(self.errors.values())
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+    def row(self) -> list[str]:
+        rate = self.count / self.elapsed if self.elapsed else 0.0
+        statuses = " ".join(f"{k}:{v}" for k, v in sorted(self.statuses.items()))
+        errors = " ".join(f"{k}:{v}" for k, v in sorted(self.errors.items()))
+        return [
+            self.name,
+            str(self.count),
+            f"{rate:,.0f}",
+            f"{self.percentile(50) * 1000:.1f}",
+            f"{self.percentile(95) * 1000:.1f}",
+            f"{self.percentile(99) * 1000:.1f}",
+            (statuses + (" " + errors if errors else "")).strip(),
+        ]
+
+
+async def load(
+    name: str,
+    url: str,
+    *,
+    requests: int,
+    concurrency: int,
+    method: str = "GET",
+    headers: Callable[[int], Mapping[str, str]] | None = None,
+    timeout: float = 30.0,
+    max_seconds: float = 120.0,
+    keep: Callable[[httpx.Response], bool] | None = None,
+) -> LoadResult:
+    """Send ``requests`` requests with ``concurrency`` workers (bounded in count and in time)."""
+    result = LoadResult(name)
+    counter = iter(range(requests))
+    deadline = time.monotonic() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+
+        async def worker() -> None:
+            for i in counter:
+                if time.monotonic() > deadline:
+                    return
+                started = time.perf_counter()
+                try:
+                    response = await client.request(method, url, headers=headers(i) if headers else None)
+                except httpx.HTTPError as exc:
+                    result.errors[type(exc).__name__] += 1
+                    continue
+                result.latencies.append(time.perf_counter() - started)
+                result.statuses[response.status_code] += 1
+                if keep is not None and keep(response):
+                    result.responses.append(response)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed = time.perf_counter() - started
+    return result
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+@contextmanager
+def timed(label: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    print(f"{label}: {time.perf_counter() - started:.2f} s", file=sys.stderr)
+
+
+LOAD_TABLE_HEADERS = ["run", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "statuses"]
