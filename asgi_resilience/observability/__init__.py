@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from asgi_resilience.observability._names import METRICS, MetricSpec
+from asgi_resilience.observability._dashboard import DashboardAuth, dashboard_app
+from asgi_resilience.observability._names import METRICS, MetricSpec, metric_table_markdown
 from asgi_resilience.observability._telemetry import NOOP, Instrument, Telemetry, default_telemetry, resolve_telemetry
 
-__all__ = ["METRICS", "NOOP", "Instrument", "MetricSpec", "Telemetry", "default_telemetry", "resolve_telemetry"]
+__all__ = [
+    "METRICS",
+    "NOOP",
+    "DashboardAuth",
+    "Instrument",
+    "MetricSpec",
+    "Telemetry",
+    "dashboard_app",
+    "default_telemetry",
+    "metric_table_markdown",
+    "resolve_telemetry",
+]

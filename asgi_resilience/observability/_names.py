@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-__all__ = ["METRICS", "MetricSpec"]
+__all__ = ["METRICS", "MetricSpec", "metric_table_markdown"]
 
 Kind = Literal["counter", "up_down_counter", "histogram", "gauge"]
 
@@ -138,3 +138,17 @@ _SPECS = [
 ]
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}
+
+
+_KIND_NAMES = {"counter": "Counter", "up_down_counter": "UpDownCounter", "histogram": "Histogram", "gauge": "Gauge"}
+
+
+def metric_table_markdown() -> str:
+    """The README's metric table, generated from :data:`METRICS` (a test keeps the README in sync)."""
+    lines = ["| Metric | Instrument | Unit | Attributes | Description |", "|---|---|---|---|---|"]
+    for spec in METRICS.values():
+        attributes = ", ".join(f"`{a}`" for a in spec.attributes) or "-"
+        lines.append(
+            f"| `{spec.name}` | {_KIND_NAMES[spec.kind]} | `{spec.unit}` | {attributes} | {spec.description} |"
+        )
+    return "\n".join(lines) + "\n"

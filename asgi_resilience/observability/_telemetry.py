@@ -10,6 +10,8 @@ call on an empty object.
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,24 +22,32 @@ __all__ = ["NOOP", "Instrument", "Telemetry", "default_telemetry", "resolve_tele
 
 Attributes = Mapping[str, str]
 
+HISTORY_METRICS = frozenset({"asgi_resilience.circuit_breaker.transitions"})
+"""Instruments whose recent ``add`` calls are kept with a wall-clock time (for the dashboard)."""
+HISTORY_SIZE = 50
+
 
 class Instrument:
     """One metric. ``add`` for counters and up-down counters, ``record`` for histograms and gauges."""
 
-    __slots__ = ("_lock", "_otel", "kind", "name", "totals")
+    __slots__ = ("_lock", "_otel", "history", "kind", "name", "totals")
 
-    def __init__(self, name: str, kind: str, otel: Any) -> None:
+    def __init__(self, name: str, kind: str, otel: Any, *, history: int = 0) -> None:
         self.name = name
         self.kind = kind
         self._otel = otel
         self._lock = threading.Lock()
         # attribute tuple -> running total (counters), current value (gauges), [count, sum] (histograms)
         self.totals: dict[tuple[tuple[str, str], ...], Any] = {}
+        # the most recent ``add`` calls as (unix time, attributes), for rare events such as transitions
+        self.history: deque[tuple[float, dict[str, str]]] | None = deque(maxlen=history) if history else None
 
     def add(self, value: float, attributes: Attributes | None = None) -> None:
         key = tuple(sorted(attributes.items())) if attributes else ()
         with self._lock:
             self.totals[key] = self.totals.get(key, 0) + value
+            if self.history is not None:
+                self.history.append((time.time(), dict(key)))
         if self._otel is not None:
             self._otel.add(value, attributes)
 
@@ -112,7 +122,7 @@ class Telemetry:
                             "gauge": self._meter.create_gauge,
                         }[spec.kind]
                         otel = create(spec.name, unit=spec.unit, description=spec.description)
-                    found = Instrument(name, spec.kind, otel)
+                    found = Instrument(name, spec.kind, otel, history=HISTORY_SIZE if name in HISTORY_METRICS else 0)
                 self._instruments[name] = found
         return found
 
@@ -140,17 +150,21 @@ class Telemetry:
     def snapshot(self) -> dict[str, Any]:
         """Totals of every instrument plus every registered component snapshot (JSON-able)."""
         metrics: dict[str, Any] = {}
+        events: dict[str, Any] = {}
         for name, inst in list(self._instruments.items()):
             with inst._lock:
                 items = list(inst.totals.items())
+                recent = list(inst.history) if inst.history is not None else None
             metrics[name] = [{"attributes": dict(key), "value": value} for key, value in items]
+            if recent is not None:
+                events[name] = [{"time": when, "attributes": attributes} for when, attributes in recent]
         components: dict[str, Any] = {}
         for name, provider in list(self._snapshots.items()):
             try:
                 components[name] = provider()
             except Exception as exc:  # a broken provider must not break the dashboard
                 components[name] = {"error": type(exc).__name__}
-        return {"metrics": metrics, "components": components}
+        return {"metrics": metrics, "components": components, "events": events}
 
 
 NOOP = Telemetry(enabled=False)

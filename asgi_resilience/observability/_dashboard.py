@@ -1,0 +1,263 @@
+"""The live dashboard: one self-contained HTML page, a JSON snapshot and a Server-Sent Events stream.
+
+Mount it where you want it (it is off unless mounted)::
+
+    app.mount("/_resilience", dashboard_app(stack, auth=check_token))
+
+Routes, relative to the mount point: ``/`` (the page), ``/snapshot.json`` and ``/stream``
+(``text/event-stream``, one ``data:`` line of the snapshot every ``interval`` seconds). The page has
+no external resources (no CDN, no build step) and reads the stream with ``EventSource``; colours
+follow the Hystrix dashboard (green healthy, amber degraded, red open or shedding).
+
+Access needs an ``auth`` callable, or ``allow_unauthenticated=True``, which serves loopback clients
+only (and refuses requests that came through a proxy, since a proxy on the same host makes every
+client look local).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import inspect
+import ipaddress
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import anyio
+
+from asgi_resilience._asgi import send_problem
+from asgi_resilience.errors._exceptions import ConfigurationError
+from asgi_resilience.errors._problem import ProblemDetails
+from asgi_resilience.observability._telemetry import Telemetry, default_telemetry
+from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["DashboardAuth", "dashboard_app"]
+
+logger = logging.getLogger("asgi_resilience.dashboard")
+
+DashboardAuth = Callable[[Any], "bool | Awaitable[bool]"]
+"""Called with the ``starlette.requests.Request``; returns (or awaits) True to let it in."""
+
+_FORWARDING_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def _snapshot_source(source: Any) -> Callable[[], dict[str, Any]]:
+    if source is True:
+        source = default_telemetry()
+    if isinstance(source, Telemetry):
+        return source.snapshot
+    stack = getattr(source, "stack", None)  # a ResilientApp
+    if stack is not None and callable(getattr(stack, "snapshot", None)):
+        return stack.snapshot  # type: ignore[no-any-return]
+    snapshot = getattr(source, "snapshot", None)  # a ResilienceStack
+    if callable(snapshot):
+        return snapshot  # type: ignore[no-any-return]
+    raise ConfigurationError(
+        f"dashboard_app needs a ResilienceStack, the app resilient() returned, or a Telemetry; got {source!r}"
+    )
+
+
+def _is_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(str(client[0])).is_loopback
+    except ValueError:
+        return False
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, default=str, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _clean(value: Any) -> Any:
+    """JSON cannot carry NaN or infinity; the page shows them as missing."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class _Dashboard:
+    def __init__(
+        self,
+        snapshot: Callable[[], dict[str, Any]],
+        *,
+        auth: DashboardAuth | None,
+        allow_unauthenticated: bool,
+        interval: float,
+        stream_seconds: float,
+    ) -> None:
+        self._snapshot = snapshot
+        self._auth = auth
+        self._allow_unauthenticated = allow_unauthenticated
+        self._interval = interval
+        self._stream_seconds = stream_seconds
+        script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
+        self._page_headers = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (
+                b"content-security-policy",
+                (
+                    "default-src 'none'; connect-src 'self'; img-src data:; style-src 'unsafe-inline'; "
+                    f"script-src 'sha256-{script_hash}'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+                ).encode(),
+            ),
+        ]
+
+    def data(self) -> dict[str, Any]:
+        data = dict(self._snapshot())
+        data["time"] = time.time()
+        data["interval"] = self._interval
+        return _clean(data)  # type: ignore[no-any-return]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return  # lifespan: nothing to start or stop
+        if not await self._allowed(scope):
+            return await send_problem(
+                send,
+                ProblemDetails(status=403, detail="the resilience dashboard is not open to this client"),
+                head=scope.get("method") == "HEAD",
+            )
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            return await send_problem(
+                send, ProblemDetails(status=405), extra_headers=[(b"allow", b"GET, HEAD")], head=False
+            )
+        root = scope.get("root_path", "")
+        path: str = scope.get("path", "")
+        route = path[len(root) :] if root and path.startswith(root) else path
+        head = method == "HEAD"
+        if route in ("", "/"):
+            body = _PAGE.replace("__BASE__", html.escape(json.dumps(root.rstrip("/")), quote=True)).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": self._page_headers})
+            await send({"type": "http.response.body", "body": b"" if head else body})
+        elif route in ("/snapshot.json", "/snapshot"):
+            body = _json_bytes(self.data())
+            headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if head else body})
+        elif route == "/stream":
+            await self._stream(receive, send, head)
+        else:
+            await send_problem(send, ProblemDetails(status=404), head=head)
+
+    async def _allowed(self, scope: Scope) -> bool:
+        if self._auth is None:
+            if not self._allow_unauthenticated or not _is_loopback(scope):
+                return False
+            # A reverse proxy on this host makes every client look like loopback.
+            return not any(name in _FORWARDING_HEADERS for name, _ in scope.get("headers", ()))
+        from starlette.requests import Request
+
+        try:
+            verdict = self._auth(Request(scope))
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception:
+            logger.exception("the dashboard auth callable raised; access denied")
+            return False
+        return verdict is True
+
+    async def _stream(self, receive: Receive, send: Send, head: bool) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if head:
+            await send({"type": "http.response.body", "body": b""})
+            return
+        deadline = anyio.current_time() + self._stream_seconds
+        async with anyio.create_task_group() as group:
+
+            async def watch_disconnect() -> None:
+                while True:
+                    message: Message = await receive()
+                    if message["type"] == "http.disconnect":
+                        group.cancel_scope.cancel()
+                        return
+
+            group.start_soon(watch_disconnect)
+            try:
+                await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
+                while anyio.current_time() < deadline:
+                    event = b"data: " + _json_bytes(self.data()) + b"\n\n"
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                    await anyio.sleep(self._interval)
+                # The browser reconnects by itself; ending bounds how long one connection lives.
+                await send({"type": "http.response.body", "body": b""})
+            except OSError:
+                pass  # the client went away while we were writing (ASGI spec >= 2.4 servers)
+            group.cancel_scope.cancel()
+
+
+def dashboard_app(
+    stack_or_telemetry: Any,
+    *,
+    auth: DashboardAuth | None = None,
+    allow_unauthenticated: bool = False,
+    interval: float = 1.0,
+    stream_seconds: float = 300.0,
+) -> ASGIApp:
+    """An ASGI app showing the live state of a stack: mount it, it is never on by itself.
+
+    Args:
+        stack_or_telemetry: a :class:`~asgi_resilience.ResilienceStack`, the app
+            :func:`~asgi_resilience.resilient` returned, a :class:`Telemetry`, or True for the process
+            default telemetry (what components built with ``telemetry=True`` report to).
+        auth: called with the ``starlette.requests.Request`` (sync or async); only ``True`` lets the
+            request in, anything else (or an exception) answers 403.
+        allow_unauthenticated: serve without ``auth``, to loopback clients only; requests carrying
+            ``Forwarded``/``X-Forwarded-For``/``X-Real-IP`` are refused.
+        interval: seconds between two stream events.
+        stream_seconds: how long one stream connection lives before the browser reconnects.
+
+    .. versionadded:: 0.1.0
+    """
+    snapshot = _snapshot_source(stack_or_telemetry)
+    if auth is None and not allow_unauthenticated:
+        raise ConfigurationError(
+            "dashboard_app needs auth=<callable(request) -> bool> or allow_unauthenticated=True "
+            "(which serves loopback clients only)"
+        )
+    if auth is not None and allow_unauthenticated:
+        raise ConfigurationError("pass either auth= or allow_unauthenticated=True, not both")
+    if auth is not None and not callable(auth):
+        raise ConfigurationError(f"auth must be a callable taking the request, got {auth!r}")
+    for name, value in (("interval", interval), ("stream_seconds", stream_seconds)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+            raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return _Dashboard(
+        snapshot,
+        auth=auth,
+        allow_unauthenticated=allow_unauthenticated,
+        interval=float(interval),
+        stream_seconds=float(stream_seconds),
+    )
+
+
+def _load_page() -> tuple[str, str]:
+    page = resources.files("asgi_resilience.observability").joinpath("dashboard.html").read_text(encoding="utf-8")
+    script = page[page.index("<script>") + len("<script>") : page.index("</script>")]
+    return page, script
+
+
+_PAGE, _SCRIPT = _load_page()

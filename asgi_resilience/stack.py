@@ -1,0 +1,378 @@
+"""The stack builder: every server-side layer in the one order that works, from one call.
+
+::
+
+    from asgi_resilience import Rule, resilient
+
+    app = resilient(
+        app,
+        rate_limit={"rules": [Rule("100/minute")]},  # or [Rule(...)], or "100/minute"
+        cache={"backend": "memory://"},              # or True for the middleware defaults
+        timeout=10.0,                                # or {"timeout": 10.0, "rules": {...}}
+        concurrency=100,                             # or {"max_concurrent": 100, "max_queue": 50}
+        redis="redis://localhost:6379/0",            # one client, shared by the limiter and the cache
+    )
+
+The order, outermost first, and why:
+
+1. **problems** (:class:`ProblemDetailsMiddleware`): outermost, so every rejection and every
+   exception of every layer below renders as the same RFC 9457 problem response.
+2. **rate_limit** (``RateLimitMiddleware``): before the cache, so a response served from the cache
+   still counts against the client's limit (otherwise a cached endpoint is an unlimited one).
+3. **cache** (``CacheMiddleware``): outside the timeout, so ``stale-if-error`` can answer with a stored
+   response when the app below timed out (the 504 comes back through the cache).
+4. **timeout** (``TimeoutMiddleware``): around the concurrency limit, so the time a request waits
+   for a slot counts against its deadline.
+5. **concurrency** (``ConcurrencyLimitMiddleware``): innermost, so cache hits and rate-limited
+   requests never take a slot: only requests that really reach the app are load-shed.
+
+Each argument takes the layer's options as a dict (keyword arguments of the middleware), a shorthand
+(see :class:`ResilienceStack`), ``True`` for the middleware's defaults, or ``False``/``None`` to
+leave the layer out. Everything is validated when the stack is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from asgi_resilience._redis import redis_client
+from asgi_resilience.errors import ConfigurationError
+from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
+from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["LAYER_ORDER", "ResilienceStack", "ResilientApp", "resilient"]
+
+LAYER_ORDER = ("problems", "rate_limit", "cache", "timeout", "concurrency")
+"""Layer names, outermost first."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LayerSpec:
+    name: str
+    module: str
+    cls: str
+    storage_option: str | None  # the keyword that takes the shared Redis client, if any
+
+
+_SPECS: dict[str, _LayerSpec] = {
+    "problems": _LayerSpec("problems", "asgi_resilience.errors", "ProblemDetailsMiddleware", None),
+    "rate_limit": _LayerSpec("rate_limit", "asgi_resilience.ratelimit", "RateLimitMiddleware", "storage"),
+    "cache": _LayerSpec("cache", "asgi_resilience.cache", "CacheMiddleware", "backend"),
+    "timeout": _LayerSpec("timeout", "asgi_resilience.timeout", "TimeoutMiddleware", None),
+    "concurrency": _LayerSpec("concurrency", "asgi_resilience.timeout", "ConcurrencyLimitMiddleware", None),
+}
+
+
+def _load_class(spec: _LayerSpec) -> type[Any]:
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:  # pragma: no cover - the package ships every module
+        raise ConfigurationError(f"the {spec.name} layer cannot be imported: {exc}") from exc
+    cls = getattr(module, spec.cls, None)
+    if cls is None:
+        raise ConfigurationError(
+            f"the {spec.name} layer ({spec.cls}) is not available in this version of asgi-resilience; "
+            f"pass {spec.name}=False to build the stack without it"
+        )
+    return cls  # type: ignore[no-any-return]
+
+
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{what} must be a number of seconds or a timedelta, got {value!r}")
+    return float(value)
+
+
+def _rate_limit_options(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        rule_cls = getattr(importlib.import_module("asgi_resilience.ratelimit"), "Rule", None)
+        if rule_cls is None:  # pragma: no cover - only while the rate limiter is missing
+            raise ConfigurationError("rate_limit='...' needs asgi_resilience.ratelimit.Rule")
+        return {"rules": [rule_cls(value)]}
+    if isinstance(value, Sequence):
+        return {"rules": list(value)}
+    if type(value).__name__ == "Rule":
+        return {"rules": [value]}
+    raise ConfigurationError(
+        f"rate_limit must be a dict of RateLimitMiddleware options, a Rule, a list of Rules, a rate string "
+        f"such as '100/minute', True or False; got {value!r}"
+    )
+
+
+def _cache_options(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"backend": value}
+    raise ConfigurationError(
+        f"cache must be a dict of CacheMiddleware options, a backend URL such as 'memory://', True or False; "
+        f"got {value!r}"
+    )
+
+
+def _timeout_options(value: Any) -> dict[str, Any]:
+    if isinstance(value, (int, float, timedelta)) and not isinstance(value, bool):
+        seconds = _seconds(value, "timeout")
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ConfigurationError(f"timeout must be a positive number of seconds, got {value!r}")
+        return {"timeout": seconds}
+    raise ConfigurationError(
+        f"timeout must be a dict of TimeoutMiddleware options, a number of seconds, True or False; got {value!r}"
+    )
+
+
+def _concurrency_options(value: Any) -> dict[str, Any]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigurationError(f"concurrency must be at least 1 request, got {value}")
+        return {"max_concurrent": value}
+    raise ConfigurationError(
+        f"concurrency must be a dict of ConcurrencyLimitMiddleware options, a maximum number of concurrent "
+        f"requests, True or False; got {value!r}"
+    )
+
+
+def _problems_options(value: Any) -> dict[str, Any]:
+    raise ConfigurationError(
+        f"problems must be a dict of ProblemDetailsMiddleware options, True or False; got {value!r}"
+    )
+
+
+_SHORTHANDS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "problems": _problems_options,
+    "rate_limit": _rate_limit_options,
+    "cache": _cache_options,
+    "timeout": _timeout_options,
+    "concurrency": _concurrency_options,
+}
+
+
+def _options(name: str, value: Any) -> dict[str, Any] | None:
+    if value is False or value is None:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                raise ConfigurationError(f"{name} options must have string keys, got {key!r}")
+        return dict(value)
+    return _SHORTHANDS[name](value)
+
+
+def _check_keywords(name: str, cls: type[Any], options: Mapping[str, Any]) -> None:
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # pragma: no cover - every layer is a plain class
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = {n for n, p in parameters.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY} - {"app"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigurationError(
+            f"{name}: {cls.__name__} has no option {', '.join(map(repr, unknown))}; "
+            f"it accepts {', '.join(sorted(accepted))}"
+        )
+    if "telemetry" in options:
+        raise ConfigurationError(f"{name}: set telemetry= on the stack, not on one layer")
+
+
+class ResilienceStack:
+    """The server-side layers in the documented order, configured once, validated at construction.
+
+    ``ResilienceStack(...).wrap(app)`` (or calling the stack with the app) returns a
+    :class:`ResilientApp`; :func:`resilient` does both in one call. Shorthands besides a dict:
+
+    * ``rate_limit``: a ``Rule``, a list of Rules, or a rate string (``"100/minute"``: one rule per
+      client IP);
+    * ``cache``: a backend URL (``"memory://"``, ``"redis://..."``);
+    * ``timeout``: seconds (``float`` or ``timedelta``);
+    * ``concurrency``: the maximum number of concurrent requests.
+
+    Args:
+        problems: ProblemDetailsMiddleware options; on by default.
+        rate_limit: RateLimitMiddleware options; off by default.
+        cache: CacheMiddleware options; off by default.
+        timeout: TimeoutMiddleware options; off by default.
+        concurrency: ConcurrencyLimitMiddleware options; off by default.
+        redis: a ``redis://`` URL or a ``redis.asyncio`` client, turned into ONE client handed to every
+            layer that keeps state (the limiter's ``storage``, the cache's ``backend``) unless that
+            layer's options name their own, and to :meth:`transport` for opt-in shared breaker state.
+        telemetry: one :class:`~asgi_resilience.observability.Telemetry` for every layer (``True``: the
+            process default, ``False``: none). The dashboard reads it.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        *,
+        problems: Any = True,
+        rate_limit: Any = False,
+        cache: Any = False,
+        timeout: Any = False,
+        concurrency: Any = False,
+        redis: str | Any | None = None,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        self.telemetry = resolve_telemetry(telemetry)
+        given = {
+            "problems": problems,
+            "rate_limit": rate_limit,
+            "cache": cache,
+            "timeout": timeout,
+            "concurrency": concurrency,
+        }
+        self._owns_redis = isinstance(redis, str)
+        self.redis: Any = redis_client(redis) if redis is not None else None
+        self._layers: list[tuple[str, type[Any], dict[str, Any]]] = []
+        for name in LAYER_ORDER:
+            options = _options(name, given[name])
+            if options is None:
+                continue
+            spec = _SPECS[name]
+            cls = _load_class(spec)
+            _check_keywords(name, cls, options)
+            if spec.storage_option is not None and self.redis is not None and spec.storage_option not in options:
+                options[spec.storage_option] = self.redis
+            self._layers.append((name, cls, options))
+        self._check_combination()
+
+    def _check_combination(self) -> None:
+        layers = {name: options for name, _, options in self._layers}
+        timeout_options = layers.get("timeout")
+        concurrency_options = layers.get("concurrency")
+        if timeout_options is not None and concurrency_options is not None:
+            total = timeout_options.get("timeout")
+            queue = concurrency_options.get("queue_timeout")
+            if total is not None and queue is not None:
+                if _seconds(queue, "concurrency queue_timeout") >= _seconds(total, "timeout"):
+                    raise ConfigurationError(
+                        f"concurrency queue_timeout ({queue}) must be shorter than the request timeout ({total}): "
+                        "the time spent queueing counts against the deadline, so a queued request would get a "
+                        "504 before it could be shed with a 503; lower queue_timeout or raise timeout"
+                    )
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The names of the enabled layers, outermost first."""
+        return tuple(name for name, _, _ in self._layers)
+
+    def options(self, layer: str) -> dict[str, Any]:
+        """The options a layer is built with (including the shared Redis client)."""
+        for name, _, options in self._layers:
+            if name == layer:
+                return dict(options)
+        raise KeyError(layer)
+
+    def wrap(self, app: ASGIApp) -> ResilientApp:
+        """Wrap ``app`` in the enabled layers; each call builds fresh middleware instances."""
+        built: dict[str, Any] = {}
+        wrapped: ASGIApp = app
+        for name, cls, options in reversed(self._layers):
+            wrapped = cls(wrapped, **options, telemetry=self.telemetry)
+            built[name] = wrapped
+        return ResilientApp(wrapped, stack=self, app=app, layers={name: built[name] for name in self.layers})
+
+    __call__ = wrap
+
+    def transport(self, transport: Any = None, *, shared_breaker_state: bool = False, **options: Any) -> Any:
+        """An ``AsyncResilientTransport`` reporting to this stack's telemetry.
+
+        With ``shared_breaker_state=True`` the breaker state lives in the stack's Redis (opt-in, shared
+        by every process); it needs ``redis=``.
+        """
+        module = importlib.import_module("asgi_resilience.client")
+        cls = getattr(module, "AsyncResilientTransport", None)
+        if cls is None:  # pragma: no cover - only while the client transports are missing
+            raise ConfigurationError("AsyncResilientTransport is not available in this version of asgi-resilience")
+        if "telemetry" in options:
+            raise ConfigurationError("set telemetry= on the stack, not on the transport it builds")
+        if shared_breaker_state:
+            if self.redis is None:
+                raise ConfigurationError("shared_breaker_state=True needs the stack's redis= URL or client")
+            options["state"] = self.redis
+        return cls(transport, **options, telemetry=self.telemetry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The telemetry snapshot plus the stack's layer order (what the dashboard shows)."""
+        data = self.telemetry.snapshot()
+        data["layers"] = list(self.layers)
+        return data
+
+    async def aclose(self) -> None:
+        """Close the Redis client the stack built from a URL (a client you passed stays open)."""
+        if self._owns_redis and self.redis is not None:
+            await self.redis.aclose()
+
+    def __repr__(self) -> str:
+        return f"ResilienceStack(layers={list(self.layers)!r})"
+
+
+class ResilientApp:
+    """The wrapped ASGI app :func:`resilient` returns.
+
+    Calls go straight to the outermost layer. ``.stack`` is the :class:`ResilienceStack` (pass it to
+    ``dashboard_app``), ``.layers`` maps layer names to the middleware instances (e.g. to call the
+    cache's ``purge``), ``.app`` is the app that was wrapped. On lifespan shutdown the Redis client the
+    stack created is closed after the app has shut down.
+    """
+
+    __slots__ = ("_outer", "app", "layers", "stack")
+
+    def __init__(self, outer: ASGIApp, *, stack: ResilienceStack, app: ASGIApp, layers: dict[str, Any]) -> None:
+        self._outer = outer
+        self.stack = stack
+        self.app = app
+        self.layers = layers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self._outer(scope, receive, send)
+            return
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.stack.aclose()
+            await send(message)
+
+        await self._outer(scope, receive, lifespan_send)
+
+    def __repr__(self) -> str:
+        return f"ResilientApp(layers={list(self.layers)!r}, app={self.app!r})"
+
+
+def resilient(
+    app: ASGIApp,
+    *,
+    problems: Any = True,
+    rate_limit: Any = False,
+    cache: Any = False,
+    timeout: Any = False,
+    concurrency: Any = False,
+    redis: str | Any | None = None,
+    telemetry: Telemetry | bool = True,
+) -> ResilientApp:
+    """Wrap ``app`` in the resilience layers, in the documented order (see this module's docstring).
+
+    ``resilient(app, **options)`` is ``ResilienceStack(**options).wrap(app)``.
+
+    .. versionadded:: 0.1.0
+    """
+    stack = ResilienceStack(
+        problems=problems,
+        rate_limit=rate_limit,
+        cache=cache,
+        timeout=timeout,
+        concurrency=concurrency,
+        redis=redis,
+        telemetry=telemetry,
+    )
+    return stack.wrap(app)

@@ -1,0 +1,253 @@
+"""The live dashboard app: access rules, routes, the JSON snapshot and the SSE stream."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from asgi_resilience import ConfigurationError, ResilienceStack, Telemetry, dashboard_app, resilient
+from asgi_resilience.observability import default_telemetry
+from asgi_resilience.testing import ASGIHarness, http_scope
+from asgi_resilience.types import Receive, Scope, Send
+
+
+def open_dashboard(telemetry: Telemetry | None = None, **options: Any) -> Any:
+    options.setdefault("allow_unauthenticated", True)
+    return dashboard_app(telemetry or Telemetry(), **options)
+
+
+def test_mounting_needs_auth_or_an_explicit_unauthenticated_opt_in() -> None:
+    telemetry = Telemetry()
+    with pytest.raises(ConfigurationError, match="auth=.*allow_unauthenticated=True"):
+        dashboard_app(telemetry)
+    with pytest.raises(ConfigurationError, match="either"):
+        dashboard_app(telemetry, auth=lambda request: True, allow_unauthenticated=True)
+    with pytest.raises(ConfigurationError, match="callable"):
+        dashboard_app(telemetry, auth="secret")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="interval"):
+        dashboard_app(telemetry, allow_unauthenticated=True, interval=0)
+    with pytest.raises(ConfigurationError, match="stream_seconds"):
+        dashboard_app(telemetry, allow_unauthenticated=True, stream_seconds=float("inf"))
+    with pytest.raises(ConfigurationError, match="ResilienceStack"):
+        dashboard_app(object(), allow_unauthenticated=True)
+
+
+@pytest.mark.parametrize(
+    ("client", "headers", "status"),
+    [
+        (("127.0.0.1", 5000), [], 200),
+        (("127.9.9.9", 5000), [], 200),
+        (("::1", 5000), [], 200),
+        (("10.0.0.1", 5000), [], 403),
+        (("2001:db8::1", 5000), [], 403),
+        (("not-an-ip", 5000), [], 403),
+        (None, [], 403),
+        # a proxy on the same host makes everybody look local: forwarded requests are refused
+        (("127.0.0.1", 5000), [("X-Forwarded-For", "203.0.113.9")], 403),
+        (("127.0.0.1", 5000), [("Forwarded", "for=203.0.113.9")], 403),
+        (("127.0.0.1", 5000), [("X-Real-IP", "203.0.113.9")], 403),
+    ],
+)
+async def test_unauthenticated_mode_serves_loopback_clients_only(
+    client: tuple[str, int] | None, headers: list[tuple[str, str]], status: int
+) -> None:
+    harness = await ASGIHarness().run(open_dashboard(), http_scope(path="/", client=client, headers=headers))
+    assert harness.status == status
+    assert harness.complete
+    if status == 403:
+        assert harness.header("content-type") == "application/problem+json"
+        assert harness.json()["status"] == 403
+
+
+async def test_auth_callable_sync_async_and_raising() -> None:
+    seen: list[str | None] = []
+
+    def sync_auth(request: Request) -> bool:
+        seen.append(request.headers.get("authorization"))
+        return request.headers.get("authorization") == "Bearer s3cret"
+
+    async def async_auth(request: Request) -> bool:
+        return request.headers.get("x-token") == "t"
+
+    def broken(request: Request) -> bool:
+        raise RuntimeError("auth backend down")
+
+    def truthy(request: Request) -> Any:
+        return "yes"  # only True lets a request in
+
+    telemetry = Telemetry()
+    remote = ("203.0.113.5", 4000)
+    sync_app = dashboard_app(telemetry, auth=sync_auth)
+    ok = await ASGIHarness().run(sync_app, http_scope(client=remote, headers=[("Authorization", "Bearer s3cret")]))
+    assert ok.status == 200
+    denied = await ASGIHarness().run(sync_app, http_scope(client=remote, headers=[("Authorization", "Bearer x")]))
+    assert denied.status == 403
+    assert seen == ["Bearer s3cret", "Bearer x"]
+    async_app = dashboard_app(telemetry, auth=async_auth)
+    assert (await ASGIHarness().run(async_app, http_scope(client=remote, headers=[("X-Token", "t")]))).status == 200
+    assert (await ASGIHarness().run(async_app, http_scope(client=remote))).status == 403
+    assert (await ASGIHarness().run(dashboard_app(telemetry, auth=broken), http_scope(client=remote))).status == 403
+    assert (await ASGIHarness().run(dashboard_app(telemetry, auth=truthy), http_scope(client=remote))).status == 403
+
+
+async def test_page_is_self_contained_with_a_strict_content_security_policy() -> None:
+    harness = await ASGIHarness().run(open_dashboard(), http_scope(path="/"))
+    assert harness.status == 200
+    assert harness.header("content-type") == "text/html; charset=utf-8"
+    assert harness.header("cache-control") == "no-store"
+    page = harness.body.decode()
+    csp = harness.header("content-security-policy") or ""
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    # the one inline script is allowed by its hash, nothing else can run
+    import base64
+    import hashlib
+
+    script = page[page.index("<script>") + len("<script>") : page.index("</script>")]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in csp
+    # no external resource of any kind
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "EventSource" in page
+
+
+async def test_mount_point_reaches_the_page_and_is_escaped() -> None:
+    harness = await ASGIHarness().run(open_dashboard(), http_scope(path='/a"<b>/', root_path='/a"<b>'.rstrip("/")))
+    page = harness.body.decode()
+    assert 'data-base="&quot;/a\\&quot;&lt;b&gt;&quot;"' in page
+    head = await ASGIHarness().run(open_dashboard(), http_scope("HEAD", path="/"))
+    assert head.status == 200 and head.body == b""
+
+
+async def test_snapshot_reports_metrics_components_and_transitions() -> None:
+    telemetry = Telemetry()
+    telemetry.instrument("asgi_resilience.rate_limit.requests").add(3, {"rule": "api", "result": "allowed"})
+    transitions = telemetry.instrument("asgi_resilience.circuit_breaker.transitions")
+    transitions.add(1, {"origin": "http://up:80", "from": "closed", "to": "open"})
+    telemetry.register_snapshot("weird", lambda: {"nan": float("nan"), "inf": float("-inf"), "tuple": (1, 2)})
+    app = open_dashboard(telemetry)
+    harness = await ASGIHarness().run(app, http_scope(path="/_resilience/snapshot.json", root_path="/_resilience"))
+    assert harness.status == 200
+    assert harness.header("content-type") == "application/json"
+    data = harness.json()
+    assert data["metrics"]["asgi_resilience.rate_limit.requests"] == [
+        {"attributes": {"result": "allowed", "rule": "api"}, "value": 3}
+    ]
+    assert data["components"]["weird"] == {"nan": None, "inf": None, "tuple": [1, 2]}
+    (event,) = data["events"]["asgi_resilience.circuit_breaker.transitions"]
+    assert event["attributes"] == {"origin": "http://up:80", "from": "closed", "to": "open"}
+    assert data["time"] > 0 and data["interval"] == 1.0
+    # the plain name works too, and HEAD sends no body
+    head = await ASGIHarness().run(app, http_scope("HEAD", path="/snapshot"))
+    assert head.status == 200 and head.body == b""
+
+
+async def test_snapshot_of_a_stack_lists_its_layers_in_order() -> None:
+    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    stack = ResilienceStack(telemetry=Telemetry())
+    wrapped = stack.wrap(ok)
+    for source in (stack, wrapped):
+        data = (await ASGIHarness().run(open_dashboard(source), http_scope(path="/snapshot.json"))).json()
+        assert data["layers"] == ["problems"]
+    data = (await ASGIHarness().run(open_dashboard(True), http_scope(path="/snapshot.json"))).json()
+    assert set(data) >= {"metrics", "components", "events"}
+    assert default_telemetry().snapshot().keys() == {"metrics", "components", "events"}
+    assert resilient(ok).stack.telemetry is default_telemetry()
+
+
+async def test_unknown_paths_methods_and_scopes() -> None:
+    app = open_dashboard()
+    missing = await ASGIHarness().run(app, http_scope(path="/nope"))
+    assert missing.status == 404 and missing.header("content-type") == "application/problem+json"
+    post = await ASGIHarness().run(app, http_scope("POST", path="/"))
+    assert post.status == 405 and post.header("allow") == "GET, HEAD"
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "websocket.connect"}
+
+    await app(http_scope(path="/stream", type="websocket"), receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    await app({"type": "lifespan"}, receive, send)  # nothing to do, nothing sent
+    assert len(sent) == 1
+
+
+async def test_stream_sends_snapshots_until_the_client_disconnects() -> None:
+    telemetry = Telemetry()
+    telemetry.instrument("asgi_resilience.timeouts").add(1, {"phase": "before_start"})
+    app = open_dashboard(telemetry, interval=0.01)
+    harness = await ASGIHarness(disconnect_after=4).run(app, http_scope(path="/stream"))
+    assert harness.status == 200
+    assert harness.header("content-type") == "text/event-stream; charset=utf-8"
+    assert harness.header("cache-control") == "no-store"
+    bodies = [m["body"] for m in harness.messages if m["type"] == "http.response.body"]
+    assert bodies[0] == b"retry: 2000\n\n"
+    events = [b for b in bodies[1:] if b]
+    assert len(events) >= 3
+    for event in events:
+        assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+        data = json.loads(event[len(b"data: ") :])
+        assert data["metrics"]["asgi_resilience.timeouts"] == [{"attributes": {"phase": "before_start"}, "value": 1}]
+
+
+async def test_stream_ends_after_stream_seconds_and_head_has_no_body() -> None:
+    app = open_dashboard(interval=0.01, stream_seconds=0.05)
+    harness = await ASGIHarness().run(app, http_scope(path="/stream"))
+    assert harness.complete
+    assert harness.messages[-1] == {"type": "http.response.body", "body": b""}
+    assert sum(1 for m in harness.messages if m.get("body", b"").startswith(b"data: ")) >= 2
+    head = await ASGIHarness().run(app, http_scope("HEAD", path="/stream"))
+    assert head.status == 200 and head.body == b"" and head.complete
+
+
+async def test_stream_stops_quietly_when_send_fails() -> None:
+    app = open_dashboard(interval=0.01)
+    calls = 0
+
+    async def receive() -> Any:
+        import anyio
+
+        await anyio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 2:
+            raise OSError("client gone")
+
+    await app(http_scope(path="/stream"), receive, send)
+    assert calls == 3
+
+
+async def test_mounted_in_starlette_next_to_a_resilient_app() -> None:
+    async def home(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    telemetry = Telemetry()
+    stack = ResilienceStack(telemetry=telemetry)
+    app = Starlette(routes=[Route("/", home), Mount("/_resilience", dashboard_app(stack, allow_unauthenticated=True))])
+    wrapped = stack.wrap(app)
+    transport = httpx.ASGITransport(app=wrapped, client=("127.0.0.1", 1234))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert (await client.get("/")).text == "hi"
+        page = await client.get("/_resilience/")
+        assert page.status_code == 200 and 'data-base="&quot;/_resilience&quot;"' in page.text
+        snap = await client.get("/_resilience/snapshot.json")
+        assert snap.json()["layers"] == ["problems"]
+    remote = httpx.ASGITransport(app=wrapped, client=("198.51.100.7", 1234))
+    async with httpx.AsyncClient(transport=remote, base_url="http://testserver") as client:
+        assert (await client.get("/_resilience/snapshot.json")).status_code == 403
