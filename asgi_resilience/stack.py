@@ -289,16 +289,16 @@ class ResilienceStack:
         With ``shared_breaker_state=True`` the breaker state lives in the stack's Redis (opt-in, shared
         by every process); it needs ``redis=``.
         """
-        module = importlib.import_module("asgi_resilience.client")
-        cls = getattr(module, "AsyncResilientTransport", None)
-        if cls is None:  # pragma: no cover - only while the client transports are missing
-            raise ConfigurationError("AsyncResilientTransport is not available in this version of asgi-resilience")
         if "telemetry" in options:
             raise ConfigurationError("set telemetry= on the stack, not on the transport it builds")
         if shared_breaker_state:
             if self.redis is None:
                 raise ConfigurationError("shared_breaker_state=True needs the stack's redis= URL or client")
             options["state"] = self.redis
+        module = importlib.import_module("asgi_resilience.client")
+        cls = getattr(module, "AsyncResilientTransport", None)
+        if cls is None:  # pragma: no cover - only while the client transports are missing
+            raise ConfigurationError("AsyncResilientTransport is not available in this version of asgi-resilience")
         return cls(transport, **options, telemetry=self.telemetry)
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,230 @@
+"""The stack builder: order, options and shorthands, shared Redis client, validation at construction.
+
+The first half replaces the middleware classes with recording fakes, so order and wiring are checked
+independently of each layer's behaviour; the second half builds the real layers.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import asgi_resilience.stack as stack_module
+from asgi_resilience import ConfigurationError, ResilienceStack, ResilientApp, Telemetry, resilient
+from asgi_resilience.observability import NOOP, default_telemetry
+from asgi_resilience.stack import LAYER_ORDER
+from asgi_resilience.testing import ASGIHarness, http_scope
+from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+
+
+async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].rsplit(".", 1)[-1]
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+class Rule:  # stands in for asgi_resilience.Rule (matched by class name, like the real one)
+    def __init__(self, limit: str) -> None:
+        self.limit = limit
+
+
+def make_fake(name: str, trace: list[str], built: list[tuple[str, dict[str, Any]]]) -> type[Any]:
+    class Fake:
+        def __init__(
+            self,
+            app: ASGIApp,
+            *,
+            rules: Any = None,
+            storage: Any = None,
+            backend: Any = None,
+            timeout: Any = None,
+            max_concurrent: Any = None,
+            queue_timeout: Any = None,
+            mapping: Any = None,
+            telemetry: Telemetry | bool = True,
+        ) -> None:
+            self.app = app
+            options = {
+                k: v
+                for k, v in {
+                    "rules": rules,
+                    "storage": storage,
+                    "backend": backend,
+                    "timeout": timeout,
+                    "max_concurrent": max_concurrent,
+                    "queue_timeout": queue_timeout,
+                    "mapping": mapping,
+                    "telemetry": telemetry,
+                }.items()
+                if v is not None
+            }
+            built.append((name, options))
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            trace.append(name)
+            await self.app(scope, receive, send)
+
+    Fake.__name__ = f"Fake{name.title()}"
+    return Fake
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    trace: list[str] = []
+    built: list[tuple[str, dict[str, Any]]] = []
+    classes = {name: make_fake(name, trace, built) for name in LAYER_ORDER}
+    monkeypatch.setattr(stack_module, "_load_class", lambda spec: classes[spec.name])
+    return trace, built
+
+
+async def test_layers_run_in_the_documented_order(fakes: Any) -> None:
+    trace, built = fakes
+    telemetry = Telemetry()
+    app = resilient(
+        hello,
+        rate_limit={"rules": [Rule("1/second")]},
+        cache=True,
+        timeout=5.0,
+        concurrency=10,
+        telemetry=telemetry,
+    )
+    assert isinstance(app, ResilientApp)
+    assert app.stack.layers == ("problems", "rate_limit", "cache", "timeout", "concurrency")
+    assert list(app.layers) == list(app.stack.layers)
+    harness = await ASGIHarness().run(app, http_scope())
+    assert harness.body == b"hello"
+    assert trace == ["problems", "rate_limit", "cache", "timeout", "concurrency"]
+    # built innermost first; every layer got the stack's telemetry object
+    assert [name for name, _ in built] == ["concurrency", "timeout", "cache", "rate_limit", "problems"]
+    assert all(options["telemetry"] is telemetry for _, options in built)
+    assert app.app is hello
+    assert app.layers["concurrency"].app is hello
+    assert app.layers["problems"].app is app.layers["rate_limit"]
+    assert "problems" in repr(app) and "problems" in repr(app.stack)
+
+
+async def test_false_and_none_leave_layers_out(fakes: Any) -> None:
+    trace, _ = fakes
+    app = resilient(hello, problems=False, rate_limit=None, cache=False, timeout=2, concurrency=False)
+    assert app.stack.layers == ("timeout",)
+    await ASGIHarness().run(app, http_scope())
+    assert trace == ["timeout"]
+    bare = resilient(hello, problems=False)
+    assert bare.stack.layers == () and bare.layers == {}
+    assert (await ASGIHarness().run(bare, http_scope())).body == b"hello"
+
+
+def test_shorthands_become_the_middleware_options(fakes: Any) -> None:
+    _, built = fakes
+    rule = Rule("5/minute")
+    stack = ResilienceStack(
+        rate_limit=rule, cache="memory://", timeout=timedelta(seconds=1.5), concurrency=3, telemetry=False
+    )
+    assert stack.options("rate_limit") == {"rules": [rule]}
+    assert stack.options("cache") == {"backend": "memory://"}
+    assert stack.options("timeout") == {"timeout": 1.5}
+    assert stack.options("concurrency") == {"max_concurrent": 3}
+    assert stack.options("problems") == {}
+    with pytest.raises(KeyError):
+        stack.options("nope")
+    assert ResilienceStack(rate_limit=[rule, rule]).options("rate_limit") == {"rules": [rule, rule]}
+    assert ResilienceStack(rate_limit=(rule,)).options("rate_limit") == {"rules": [rule]}
+    assert ResilienceStack(problems={"mapping": {KeyError: 404}}).options("problems") == {"mapping": {KeyError: 404}}
+    stack.wrap(hello)
+    assert all(options["telemetry"] is NOOP for _, options in built)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": 0}, "positive"),
+        ({"timeout": float("nan")}, "positive"),
+        ({"timeout": "10s"}, "number of seconds"),
+        ({"concurrency": 0}, "at least 1"),
+        ({"concurrency": 2.5}, "maximum number of concurrent"),
+        ({"cache": 3}, "backend URL"),
+        ({"rate_limit": 5}, "rate string"),
+        ({"problems": "yes"}, "ProblemDetailsMiddleware options"),
+        ({"cache": {1: "x"}}, "string keys"),
+        ({"cache": {"bakend": "memory://"}}, "has no option 'bakend'"),
+        ({"timeout": {"timeout": 1.0, "telemetry": False}}, "set telemetry= on the stack"),
+        ({"timeout": 1.0, "concurrency": {"max_concurrent": 2, "queue_timeout": 1.0}}, "queue_timeout"),
+        ({"timeout": {"timeout": 1.0}, "concurrency": {"max_concurrent": 2, "queue_timeout": "x"}}, "seconds"),
+        ({"telemetry": "on"}, "telemetry must be"),
+        ({"redis": "http://localhost"}, "redis://"),
+    ],
+)
+def test_invalid_configurations_fail_at_construction(fakes: Any, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ResilienceStack(**options)
+
+
+def test_a_queue_timeout_shorter_than_the_timeout_is_fine(fakes: Any) -> None:
+    stack = ResilienceStack(timeout={"timeout": 2.0}, concurrency={"max_concurrent": 2, "queue_timeout": 0.5})
+    assert stack.layers == ("problems", "timeout", "concurrency")
+
+
+async def test_one_redis_client_is_shared_and_closed_on_shutdown(fakes: Any) -> None:
+    _, built = fakes
+    stack = ResilienceStack(
+        rate_limit=[Rule("1/second")], cache=True, timeout=1.0, redis="redis://127.0.0.1:1/0", telemetry=False
+    )
+    client = stack.redis
+    assert client is not None
+    assert stack.options("rate_limit")["storage"] is client
+    assert stack.options("cache")["backend"] is client
+    assert "storage" not in stack.options("timeout")
+    # a layer that names its own storage keeps it
+    own = ResilienceStack(cache={"backend": "memory://"}, redis=client)
+    assert own.options("cache") == {"backend": "memory://"}
+    assert own.redis is client  # a client passed in is used as is ...
+
+    closed: list[str] = []
+
+    async def aclose() -> None:
+        closed.append("closed")
+
+    client.aclose = aclose  # type: ignore[method-assign]
+    app = stack.wrap(hello)
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "lifespan.shutdown.complete":
+            assert closed == ["closed"]  # closed before the server is told shutdown is complete
+
+    await app({"type": "lifespan"}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    await own.aclose()  # ... and never closed by the stack
+    assert closed == ["closed"]
+
+
+def test_default_telemetry_and_transport_needs_redis_for_shared_state(fakes: Any) -> None:
+    stack = ResilienceStack()
+    assert stack.telemetry is default_telemetry()
+    with pytest.raises(ConfigurationError, match="telemetry"):
+        stack.transport(telemetry=False)
+    with pytest.raises(ConfigurationError, match="redis"):
+        stack.transport(shared_breaker_state=True)
+
+
+async def test_problems_layer_is_real_and_maps_exceptions() -> None:
+    async def boom(scope: Scope, receive: Receive, send: Send) -> None:
+        raise KeyError("x")
+
+    app = resilient(boom, problems={"mapping": {KeyError: 404}}, telemetry=Telemetry())
+    harness = await ASGIHarness().run(app, http_scope())
+    assert harness.status == 404
+    assert harness.header("content-type") == "application/problem+json"
