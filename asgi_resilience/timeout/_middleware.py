@@ -1,0 +1,287 @@
+"""TimeoutMiddleware: a per-request deadline enforced inside the request's own task.
+
+How it behaves (each point is a test in ``tests/timeout/test_middleware.py``):
+
+* The app runs in an anyio cancel scope in the same task (no extra task: contextvars the app sets
+  stay visible to outer middlewares, and trio works). At the deadline the app is cancelled (its
+  ``finally`` blocks run) and, if no ``http.response.start`` was sent, one 504 problem+json (type
+  slug ``timeout``) is sent.
+* After the response started there is never a second start. ``mode="first_byte"`` (default) stops
+  the clock at the response start; ``mode="complete"`` keeps it running to the final body message
+  and then aborts the stream by raising :class:`DeadlineExceeded` (the server closes the connection;
+  no fake final body is sent). ``idle_timeout`` bounds the gap between body messages.
+* The clock always stops at the final body message, so background tasks run to completion.
+* Only our own deadline produces a 504: a cancellation from outside propagates untouched.
+* Sync (threaded) endpoints cannot be killed: a thread runs to its end. On asyncio the 504 is
+  still sent on time (by a short-lived task started only when the app does not react to the
+  cancellation); the app's late response is dropped and the request's task (and any concurrency
+  slot held outside) ends when the thread does. On trio the 504 waits for the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Literal
+
+import anyio
+import anyio.lowlevel
+import sniffio
+
+from asgi_resilience._asgi import get_header, send_error
+from asgi_resilience._proxy import TrustedProxies
+from asgi_resilience._routing import EndpointOptions
+from asgi_resilience.errors import ConfigurationError, DeadlineExceeded
+from asgi_resilience.observability import Telemetry, resolve_telemetry
+from asgi_resilience.timeout._deadline import _DEADLINE, deadline_scope
+from asgi_resilience.timeout._headers import _PARSERS, DEADLINE_HEADERS, client_timeout
+from asgi_resilience.timeout._rules import PathRules, TimeoutMark, seconds
+from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["TimeoutMiddleware"]
+
+Mode = Literal["first_byte", "complete"]
+_FALLBACK_GRACE = 0.02  # how long a cancelled app may take to react before the 504 is sent for it
+
+
+class TimeoutMiddleware:
+    """Cancel requests that run past their deadline and answer 504 when nothing was sent yet.
+
+    Args:
+        app: the ASGI app to protect.
+        timeout: default limit in seconds (or a timedelta); None means no limit unless a rule or
+            ``@timeout`` gives one.
+        rules: path patterns to limits, ``{"/reports/*": 60.0, "/events": None}``; None exempts.
+            An exact path wins over patterns, then the first matching pattern. ``@timeout(...)``
+            on the endpoint wins over both.
+        mode: ``"first_byte"`` (clock stops at the response start) or ``"complete"`` (clock runs to
+            the final body message).
+        idle_timeout: longest gap allowed between body messages once the response started.
+        status: 504 (default) or 503. 408 is refused: it tells the client that *it* was slow.
+        exempt_event_streams: leave requests that accept ``text/event-stream`` (SSE) untimed unless
+            a rule or ``@timeout`` names them. WebSocket and lifespan scopes always pass through.
+        trusted_proxies: peers whose deadline headers are honoured (CIDRs/addresses, a hop count
+            meaning every peer, or a :class:`TrustedProxies`). None (default) ignores the headers.
+        deadline_headers: which of ``grpc-timeout``, ``connect-timeout-ms`` and
+            ``x-request-timeout`` to read. A header can only shorten the limit, never extend it,
+            and applies only to requests that have a limit.
+        telemetry: the :class:`Telemetry` to record ``asgi_resilience.timeouts`` with.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        timeout: float | timedelta | None = 10.0,
+        rules: Mapping[str, float | timedelta | None] | None = None,
+        mode: Mode = "first_byte",
+        idle_timeout: float | timedelta | None = None,
+        status: int = 504,
+        exempt_event_streams: bool = True,
+        trusted_proxies: Sequence[str] | int | TrustedProxies | None = None,
+        deadline_headers: Sequence[str] = DEADLINE_HEADERS,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        self.app = app
+        self.timeout = None if timeout is None else seconds(timeout, "timeout")
+        self.rules: PathRules[float | None] = PathRules(
+            {
+                pattern: None if value is None else seconds(value, f"rules[{pattern!r}]")
+                for pattern, value in (rules or {}).items()
+            }
+        )
+        if mode not in ("first_byte", "complete"):
+            raise ConfigurationError(f"mode must be 'first_byte' or 'complete', got {mode!r}")
+        self.mode: Mode = mode
+        self.idle_timeout = None if idle_timeout is None else seconds(idle_timeout, "idle_timeout")
+        if status == 408:
+            raise ConfigurationError(
+                "status=408 means the client was too slow to send its request; a server-side timeout is "
+                "504 (default) or 503"
+            )
+        if status not in (503, 504):
+            raise ConfigurationError(f"status must be 504 (default) or 503, got {status!r}")
+        self.status = status
+        self.exempt_event_streams = exempt_event_streams
+        if isinstance(trusted_proxies, TrustedProxies) or trusted_proxies is None:
+            self._trusted = trusted_proxies
+        else:
+            self._trusted = TrustedProxies(trusted_proxies)
+        if isinstance(deadline_headers, str):
+            raise ConfigurationError(f"deadline_headers must be a list of header names, not {deadline_headers!r}")
+        names = frozenset(name.lower().encode("latin-1") for name in deadline_headers)
+        unknown = names - _PARSERS.keys()
+        if unknown:
+            raise ConfigurationError(
+                f"unknown deadline header(s) {sorted(n.decode() for n in unknown)}; supported: {list(DEADLINE_HEADERS)}"
+            )
+        self._header_names = names
+        self._endpoints = EndpointOptions("timeout")
+        self._telemetry = resolve_telemetry(telemetry)
+        self._timeouts = self._telemetry.instrument("asgi_resilience.timeouts")
+
+    def limit_for(self, scope: Scope) -> float | None:
+        """The limit (seconds) that applies to an HTTP request, before deadline headers; None = untimed."""
+        mark = self._endpoints.lookup(scope)
+        if isinstance(mark, TimeoutMark):
+            return mark.seconds
+        if self.rules:
+            matched, value = self.rules.match(scope.get("path", ""))
+            if matched:
+                return value
+        if self.exempt_event_streams:
+            accept = get_header(scope, b"accept")
+            if accept is not None and b"text/event-stream" in accept:
+                return None
+        return self.timeout
+
+    def _client_limit(self, scope: Scope) -> float | None:
+        trusted = self._trusted
+        if trusted is None or not self._header_names:
+            return None
+        client = scope.get("client")
+        if not client or not trusted.is_trusted(str(client[0])):
+            return None
+        return client_timeout(scope.get("headers", ()), self._header_names)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope)
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        hint = self._client_limit(scope)
+        if hint is not None and hint < limit:
+            limit = hint
+        await _TimedRequest(self, send, limit).run(scope, receive)
+
+
+class _TimedRequest:
+    """The state of one timed request (never shared between requests)."""
+
+    __slots__ = (
+        "_fallback_task",
+        "_mw",
+        "_outer",
+        "_send",
+        "cancel_scope",
+        "done",
+        "finished",
+        "limit",
+        "loop_deadline",
+        "responded",
+        "started",
+    )
+
+    def __init__(self, mw: TimeoutMiddleware, send: Send, limit: float) -> None:
+        self._mw = mw
+        self._send = send
+        self.limit = limit
+        self.started = False
+        self.finished = False
+        self.responded = False  # the fallback task answered for an app that ignored its cancellation
+        self.done = False
+        self._fallback_task: asyncio.Task[None] | None = None
+        self._outer: float | None = None
+        self.loop_deadline = math.inf
+        self.cancel_scope = anyio.CancelScope()
+
+    async def run(self, scope: Scope, receive: Receive) -> None:
+        mw = self._mw
+        self.loop_deadline = anyio.current_time() + self.limit
+        self._outer = _DEADLINE.get()
+        cancel_scope = self.cancel_scope
+        cancel_scope.deadline = self.loop_deadline
+        fallback = self._arm_fallback()
+        try:
+            with cancel_scope, deadline_scope(time.monotonic() + self.limit):
+                await mw.app(scope, receive, self.send)
+        finally:
+            self.done = True
+            if fallback is not None:
+                fallback.cancel()
+        if self._fallback_task is not None:
+            await self._fallback_task
+            return
+        if not cancel_scope.cancel_called or self.finished:
+            return
+        if not self.started:
+            mw._timeouts.add(1, {"phase": "before_start"})
+            mw._telemetry.span_event("asgi_resilience.timeout", {"phase": "before_start"})
+            await self._answer()
+            return
+        mw._timeouts.add(1, {"phase": "after_start"})
+        mw._telemetry.span_event("asgi_resilience.timeout", {"phase": "after_start"})
+        raise DeadlineExceeded(f"the response did not complete within its {self._describe()}; the stream was aborted")
+
+    def _describe(self) -> str:
+        if self.started and self._mw.idle_timeout is not None and self.loop_deadline > self.cancel_scope.deadline:
+            return f"idle timeout of {self._mw.idle_timeout:g} s"
+        return f"timeout of {self.limit:g} s"
+
+    async def _answer(self) -> None:
+        exc = DeadlineExceeded(f"The request did not complete within {self.limit:g} seconds.")
+        if self._mw.status == 503:
+            exc.status = 503
+            exc.title = "Service Unavailable"
+        try:
+            await send_error(self._send, exc)
+        except OSError:
+            pass  # the client is gone (ASGI spec >= 2.4 servers raise on send): nobody to tell
+
+    def _arm_fallback(self) -> asyncio.TimerHandle | None:
+        try:
+            if sniffio.current_async_library() != "asyncio":
+                return None
+        except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover - always inside an event loop
+            return None
+        return asyncio.get_running_loop().call_at(self.loop_deadline + _FALLBACK_GRACE, self._fire)
+
+    def _fire(self) -> None:
+        """The app ignored its cancellation (a thread, a shielded wait): answer for it now."""
+        if self.started or self.done or self.responded:
+            return
+        self.responded = True
+        self._mw._timeouts.add(1, {"phase": "before_start"})
+        self._fallback_task = asyncio.get_running_loop().create_task(self._answer())
+
+    def _stop_clock(self) -> None:
+        self.cancel_scope.deadline = math.inf
+        if self._outer != _DEADLINE.get():
+            _DEADLINE.set(self._outer)
+
+    async def send(self, message: Message) -> None:
+        if self.responded:
+            return  # a late response of an app we already answered for: dropped
+        kind = message["type"]
+        cancel_scope = self.cancel_scope
+        if kind == "http.response.start":
+            if cancel_scope.cancel_called or anyio.current_time() >= self.loop_deadline:
+                cancel_scope.cancel()
+                await anyio.lowlevel.checkpoint()  # raises the cancellation: too late for this response
+            self.started = True
+            idle = self._mw.idle_timeout
+            if self._mw.mode == "first_byte":
+                if idle is None:
+                    self._stop_clock()
+                else:
+                    cancel_scope.deadline = anyio.current_time() + idle
+                    _DEADLINE.set(self._outer)
+            elif idle is not None:
+                cancel_scope.deadline = min(self.loop_deadline, anyio.current_time() + idle)
+        elif kind == "http.response.body":
+            if cancel_scope.cancel_called:
+                await anyio.lowlevel.checkpoint()
+            if not message.get("more_body", False):
+                if self.started:
+                    self.finished = True
+                    self._stop_clock()
+            elif self._mw.idle_timeout is not None:
+                limit = self.loop_deadline if self._mw.mode == "complete" else math.inf
+                cancel_scope.deadline = min(limit, anyio.current_time() + self._mw.idle_timeout)
+        await self._send(message)

@@ -1,0 +1,100 @@
+"""Per-path rules, durations and the ``@timeout`` endpoint decorator (no I/O)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Generic, TypeVar
+
+from asgi_resilience._routing import mark_endpoint
+from asgi_resilience.errors import ConfigurationError
+
+__all__ = ["PathRules", "TimeoutMark", "seconds", "timeout"]
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+
+def seconds(value: float | timedelta, name: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a finite number of seconds (> 0, or >= 0 with ``allow_zero``), else ConfigurationError."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds or a timedelta, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return value
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    if not isinstance(pattern, str) or not pattern.startswith("/"):
+        raise ConfigurationError(f"path pattern {pattern!r} must be a string starting with '/' (e.g. '/reports/*')")
+    return re.compile("".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
+
+
+class PathRules(Generic[V]):
+    """Path patterns (``*`` matches any characters, ``/`` included) mapped to values.
+
+    An exact path (no ``*``) wins over patterns; otherwise the first matching pattern in the order
+    given. Lookups are cached per path (bounded).
+    """
+
+    __slots__ = ("_cache", "_exact", "_patterns")
+
+    def __init__(self, rules: Mapping[str, V] | Iterable[tuple[str, V]] = ()) -> None:
+        items = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
+        self._exact: dict[str, V] = {}
+        self._patterns: list[tuple[re.Pattern[str], V]] = []
+        for pattern, value in items:
+            compiled = _compile(pattern)
+            if "*" in pattern:
+                self._patterns.append((compiled, value))
+            else:
+                self._exact[pattern] = value
+        self._cache: dict[str, tuple[bool, V | None]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._patterns)
+
+    def match(self, path: str) -> tuple[bool, V | None]:
+        """``(True, value)`` for the rule that applies to ``path``, ``(False, None)`` when none does."""
+        found = self._cache.get(path)
+        if found is not None:
+            return found
+        if path in self._exact:
+            found = (True, self._exact[path])
+        else:
+            found = next(((True, value) for regex, value in self._patterns if regex.fullmatch(path)), (False, None))
+        if len(self._cache) >= 4096:
+            self._cache.clear()
+        self._cache[path] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutMark:
+    """What ``@timeout`` records on an endpoint: its limit in seconds, or None (exempt)."""
+
+    seconds: float | None
+
+
+def timeout(seconds_: float | timedelta | None, /) -> Callable[[T], T]:
+    """Give one endpoint its own limit for :class:`TimeoutMiddleware`; ``None`` exempts it.
+
+    The endpoint is returned unchanged (decorator order does not matter)::
+
+        @app.get("/report")
+        @timeout(60.0)
+        async def report(): ...
+    """
+    limit = None if seconds_ is None else seconds(seconds_, "timeout")
+
+    def decorate(endpoint: T) -> T:
+        return mark_endpoint(endpoint, "timeout", TimeoutMark(limit))
+
+    return decorate
