@@ -22,10 +22,17 @@ from asgi_resilience.errors import (
     RetriesExhausted,
     StorageError,
 )
-from asgi_resilience.timeout import current_deadline, remaining_time
+from asgi_resilience.timeout import (  # the decorator `timeout` replaces the subpackage attribute
+    ConcurrencyLimitMiddleware,
+    TimeoutMiddleware,
+    current_deadline,
+    remaining_time,
+    timeout,
+)
 
 __all__ = [
     "CircuitOpenError",
+    "ConcurrencyLimitMiddleware",
     "ConfigurationError",
     "DeadlineExceeded",
     "Overloaded",
@@ -36,8 +43,10 @@ __all__ = [
     "ResilienceError",
     "RetriesExhausted",
     "StorageError",
+    "TimeoutMiddleware",
     "current_deadline",
     "remaining_time",
+    "timeout",
 ]
 
 
