@@ -1,0 +1,545 @@
+"""Storage glue of the response cache: memory, Redis (redis-py), aiocache, and the L1 in front.
+
+Every backend stores :class:`Entry` / :class:`VaryMarker` values under string keys, keeps two
+indexes for purging (URL -> keys, tag -> keys) and may offer a cross-process lease. Shared backends
+serialize with msgpack (never pickle). Errors propagate; :class:`~asgi_resilience.cache.Cache`
+turns them into misses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import msgpack
+
+from asgi_resilience._clock import Clock
+from asgi_resilience.cache._policy import Entry, VaryMarker
+
+__all__ = ["AiocacheStore", "L1Store", "MemoryStore", "RedisStore", "Store", "decode", "encode"]
+
+logger = logging.getLogger("asgi_resilience.cache")
+Value = Entry | VaryMarker
+_ENTRY = 1
+_MARKER = 2
+
+
+def encode(value: Value) -> bytes:
+    """msgpack bytes of an entry or a vary marker (a versioned array, never pickle)."""
+    if isinstance(value, VaryMarker):
+        return msgpack.packb([_MARKER, list(value.names), value.nonce], use_bin_type=True)  # type: ignore[no-any-return]
+    e = value
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [
+            _ENTRY,
+            e.status,
+            [[k, v] for k, v in e.headers],
+            e.body,
+            e.request_time,
+            e.response_time,
+            e.initial_age,
+            e.lifetime,
+            e.swr,
+            e.sie,
+            e.must_revalidate,
+            e.shared_auth,
+            e.etag,
+            e.etag_generated,
+            e.last_modified,
+            [[k, v] for k, v in e.vary],
+            list(e.tags),
+            e.index,
+            e.invalidated,
+        ],
+        use_bin_type=True,
+    )
+
+
+def decode(blob: bytes) -> Value:
+    """The value :func:`encode` produced; ValueError for anything else (a foreign or corrupt key)."""
+    try:
+        data = msgpack.unpackb(blob, raw=False, use_list=True, strict_map_key=True)
+        if data[0] == _MARKER:
+            names, nonce = data[1], data[2]
+            if not isinstance(nonce, str) or not all(isinstance(n, bytes) for n in names):
+                raise ValueError("bad vary marker")
+            return VaryMarker(names=tuple(names), nonce=nonce)
+        if data[0] != _ENTRY or len(data) != 19:
+            raise ValueError("unknown cache entry version")
+        entry = Entry(
+            status=int(data[1]),
+            headers=tuple((bytes(k), bytes(v)) for k, v in data[2]),
+            body=bytes(data[3]),
+            request_time=float(data[4]),
+            response_time=float(data[5]),
+            initial_age=float(data[6]),
+            lifetime=float(data[7]),
+            swr=float(data[8]),
+            sie=float(data[9]),
+            must_revalidate=bool(data[10]),
+            shared_auth=bool(data[11]),
+            etag=None if data[12] is None else bytes(data[12]),
+            etag_generated=bool(data[13]),
+            last_modified=None if data[14] is None else bytes(data[14]),
+            vary=tuple((bytes(k), bytes(v)) for k, v in data[15]),
+            tags=tuple(str(t) for t in data[16]),
+            index=str(data[17]),
+            invalidated=bool(data[18]),
+        )
+    except ValueError:
+        raise
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise ValueError(f"undecodable cache entry: {type(exc).__name__}") from exc
+    return entry
+
+
+def _soft(value: Value) -> Value:
+    if isinstance(value, Entry):
+        from dataclasses import replace
+
+        return replace(value, invalidated=True)
+    return value
+
+
+class Store(ABC):
+    """The operations the cache middleware needs from a backend."""
+
+    name = "store"
+    shared = False  # whether other processes see the same data (enables leases and pub/sub)
+
+    @abstractmethod
+    async def get(self, key: str) -> Value | None: ...
+
+    @abstractmethod
+    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    async def purge_index(self, index: str) -> list[str]:
+        """Delete every key stored under ``index``; return them."""
+
+    @abstractmethod
+    async def purge_tags(self, tags: Sequence[str], *, soft: bool) -> list[str]:
+        """Delete (or mark stale, keeping them) every key stored with one of ``tags``; return them."""
+
+    @abstractmethod
+    async def clear(self) -> None: ...
+
+    async def acquire_lease(self, key: str, ttl: float) -> str | None:
+        """A token if this process may compute ``key`` now (always, for a process-local store)."""
+        return "local"
+
+    async def release_lease(self, key: str, token: str) -> None:
+        return None
+
+    async def publish(self, keys: Sequence[str]) -> None:
+        """Tell other processes' L1 caches that ``keys`` (``["*"]``: everything) changed."""
+        return None
+
+    def listen(self, callback: Callable[[list[str]], None]) -> Awaitable[None] | None:
+        """A coroutine delivering other processes' invalidations to ``callback`` until cancelled."""
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Indexes:
+    """URL and tag indexes kept in process (memory and aiocache backends)."""
+
+    def __init__(self) -> None:
+        self.by_index: dict[str, set[str]] = {}
+        self.by_tag: dict[str, set[str]] = {}
+        self.meta: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    def add(self, key: str, index: str, tags: Sequence[str]) -> None:
+        self.forget(key)
+        self.meta[key] = (index, tuple(tags))
+        self.by_index.setdefault(index, set()).add(key)
+        for tag in tags:
+            self.by_tag.setdefault(tag, set()).add(key)
+
+    def forget(self, key: str) -> None:
+        meta = self.meta.pop(key, None)
+        if meta is None:
+            return
+        index, tags = meta
+        for table, name in [(self.by_index, index), *((self.by_tag, t) for t in tags)]:
+            members = table.get(name)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del table[name]
+
+    def keys_of_tags(self, tags: Iterable[str]) -> list[str]:
+        found: list[str] = []
+        for tag in tags:
+            for key in self.by_tag.get(tag, ()):
+                if key not in found:
+                    found.append(key)
+        return found
+
+    def clear(self) -> None:
+        self.by_index.clear()
+        self.by_tag.clear()
+        self.meta.clear()
+
+
+class MemoryStore(Store):
+    """An in-process LRU of ``max_entries`` values; expired values are dropped when read."""
+
+    name = "memory"
+
+    def __init__(self, *, max_entries: int = 10_000, clock: Clock) -> None:
+        self._data: OrderedDict[str, tuple[Value, float]] = OrderedDict()
+        self._max = max_entries
+        self._clock = clock
+        self._idx = _Indexes()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def peek(self, key: str) -> Value | None:
+        """Synchronous read: the memory backend never needs to await (the hot path uses this)."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires <= self._clock():
+            self._drop(key)
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    async def get(self, key: str) -> Value | None:
+        return self.peek(key)
+
+    def put(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+        self._data[key] = (value, self._clock() + ttl)
+        self._data.move_to_end(key)
+        self._idx.add(key, index, tags)
+        while len(self._data) > self._max:
+            oldest = next(iter(self._data))
+            self._drop(oldest)
+
+    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+        self.put(key, value, ttl, index=index, tags=tags)
+
+    def _drop(self, key: str) -> None:
+        self._data.pop(key, None)
+        self._idx.forget(key)
+
+    async def purge_index(self, index: str) -> list[str]:
+        keys = list(self._idx.by_index.get(index, ()))
+        for key in keys:
+            self._drop(key)
+        return keys
+
+    async def purge_tags(self, tags: Sequence[str], *, soft: bool) -> list[str]:
+        keys = self._idx.keys_of_tags(tags)
+        for key in keys:
+            if soft:
+                item = self._data.get(key)
+                if item is not None:
+                    self._data[key] = (_soft(item[0]), item[1])
+            else:
+                self._drop(key)
+        return keys
+
+    async def clear(self) -> None:
+        self._data.clear()
+        self._idx.clear()
+
+
+class AiocacheStore(Store):
+    """Any ``aiocache`` cache instance (``aiocache<1``); entries go in as msgpack bytes.
+
+    aiocache has no sets, so the URL and tag indexes are kept in this process: purges reach the
+    entries this process stored (and ``clear()`` everything).
+    """
+
+    name = "aiocache"
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+        self._idx = _Indexes()
+
+    async def get(self, key: str) -> Value | None:
+        blob = await self._cache.get(key, loads_fn=_identity)
+        if blob is None:
+            return None
+        return decode(bytes(blob))
+
+    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+        await self._cache.set(key, encode(value), ttl=max(1, int(ttl + 0.999)), dumps_fn=_identity)
+        self._idx.add(key, index, tags)
+
+    async def purge_index(self, index: str) -> list[str]:
+        keys = list(self._idx.by_index.get(index, ()))
+        for key in keys:
+            await self._cache.delete(key)
+            self._idx.forget(key)
+        return keys
+
+    async def purge_tags(self, tags: Sequence[str], *, soft: bool) -> list[str]:
+        keys = self._idx.keys_of_tags(tags)
+        for key in keys:
+            if soft:
+                value = await self.get(key)
+                if value is not None:
+                    await self._cache.set(key, encode(_soft(value)), dumps_fn=_identity)
+            else:
+                await self._cache.delete(key)
+                self._idx.forget(key)
+        return keys
+
+    async def clear(self) -> None:
+        await self._cache.clear()
+        self._idx.clear()
+
+    async def aclose(self) -> None:
+        close = getattr(self._cache, "close", None)
+        if close is not None:
+            await close()
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisStore(Store):
+    """Redis through redis-py: one ``GET`` per lookup, sets for the URL and tag indexes.
+
+    Keys: ``{ns}:e:<key>`` values, ``{ns}:i:<url>`` and ``{ns}:t:<tag>`` index sets, ``{ns}:l:<key>``
+    leases; invalidations are published on ``{ns}:inval``.
+    """
+
+    name = "redis"
+    shared = True
+
+    def __init__(self, client: Any, *, namespace: str, owns_client: bool) -> None:
+        self._r = client
+        self._ns = namespace
+        self._owns = owns_client
+        self._channel = f"{namespace}:inval"
+        self._release: Any = None
+
+    def _k(self, key: str) -> str:
+        return f"{self._ns}:e:{key}"
+
+    async def get(self, key: str) -> Value | None:
+        blob = await self._r.get(self._k(key))
+        if blob is None:
+            return None
+        return decode(blob)
+
+    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+        full = self._k(key)
+        ms = max(1000, int(ttl * 1000))
+        seconds = max(1, int(ttl + 0.999))
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(full, encode(value), px=ms)
+        for set_key in [f"{self._ns}:i:{index}", *(f"{self._ns}:t:{t}" for t in tags)]:
+            pipe.sadd(set_key, full)
+            pipe.expire(set_key, seconds, nx=True)
+            pipe.expire(set_key, seconds, gt=True)
+        await pipe.execute()
+
+    async def _members(self, set_keys: Sequence[str]) -> list[str]:
+        found: list[str] = []
+        for set_key in set_keys:
+            for member in await self._r.smembers(set_key):
+                text = member.decode() if isinstance(member, bytes) else str(member)
+                if text not in found:
+                    found.append(text)
+        return found
+
+    def _short(self, full: str) -> str:
+        return full[len(self._ns) + 3 :]
+
+    async def purge_index(self, index: str) -> list[str]:
+        set_key = f"{self._ns}:i:{index}"
+        members = await self._members([set_key])
+        await self._r.unlink(set_key, *members)
+        return [self._short(m) for m in members]
+
+    async def purge_tags(self, tags: Sequence[str], *, soft: bool) -> list[str]:
+        set_keys = [f"{self._ns}:t:{t}" for t in tags]
+        members = await self._members(set_keys)
+        if not members:
+            return []
+        if soft:
+            blobs = await self._r.mget(members)
+            pipe = self._r.pipeline(transaction=False)
+            for full, blob in zip(members, blobs, strict=True):
+                if blob is None:
+                    continue
+                try:
+                    value = decode(blob)
+                except ValueError:
+                    continue
+                pipe.set(full, encode(_soft(value)), keepttl=True, xx=True)
+            await pipe.execute()
+        else:
+            await self._r.unlink(*set_keys, *members)
+        return [self._short(m) for m in members]
+
+    async def clear(self) -> None:
+        batch: list[bytes] = []
+        async for key in self._r.scan_iter(match=f"{self._ns}:*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                await self._r.unlink(*batch)
+                batch = []
+        if batch:
+            await self._r.unlink(*batch)
+
+    async def acquire_lease(self, key: str, ttl: float) -> str | None:
+        token = secrets.token_hex(8)
+        ok = await self._r.set(f"{self._ns}:l:{key}", token, nx=True, px=max(1, int(ttl * 1000)))
+        return token if ok else None
+
+    async def release_lease(self, key: str, token: str) -> None:
+        if self._release is None:
+            self._release = self._r.register_script(_RELEASE)
+        await self._release(keys=[f"{self._ns}:l:{key}"], args=[token])
+
+    async def publish(self, keys: Sequence[str]) -> None:
+        await self._r.publish(self._channel, msgpack.packb(list(keys), use_bin_type=True))
+
+    def listen(self, callback: Callable[[list[str]], None]) -> Awaitable[None] | None:
+        return self._listen(callback)
+
+    async def _listen(self, callback: Callable[[list[str]], None]) -> None:
+        """Deliver invalidations; after any outage the whole L1 is dropped (messages may be lost)."""
+        while True:
+            pubsub = self._r.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                callback(["*"])  # subscribed (again): anything published while we were away is lost
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        keys = msgpack.unpackb(message["data"], raw=False)
+                    except Exception:
+                        continue
+                    if isinstance(keys, list):
+                        callback([str(k) for k in keys])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("cache invalidation listener lost Redis (%s); retrying", type(exc).__name__)
+                callback(["*"])
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns:
+            await self._r.aclose()
+
+
+class L1Store(Store):
+    """An in-process LRU in front of a shared store. An L1 value never outlives its freshness."""
+
+    def __init__(self, l2: Store, *, max_entries: int, clock: Clock, marker_ttl: float = 5.0) -> None:
+        self.l2 = l2
+        self.name = f"l1+{l2.name}"
+        self.shared = l2.shared
+        self._l1: OrderedDict[str, tuple[Value, float]] = OrderedDict()
+        self._max = max_entries
+        self._clock = clock
+        self._marker_ttl = marker_ttl
+
+    def __len__(self) -> int:
+        return len(self._l1)
+
+    def peek(self, key: str) -> Value | None:
+        item = self._l1.get(key)
+        if item is None:
+            return None
+        value, until = item
+        if until <= self._clock():
+            del self._l1[key]
+            return None
+        self._l1.move_to_end(key)
+        return value
+
+    def _remember(self, key: str, value: Value) -> None:
+        now = self._clock()
+        if isinstance(value, VaryMarker):
+            until = now + self._marker_ttl
+        else:
+            if value.invalidated:
+                return
+            until = now + (value.lifetime - value.initial_age - max(0.0, now - value.response_time))
+            if until <= now:
+                return
+        self._l1[key] = (value, until)
+        self._l1.move_to_end(key)
+        while len(self._l1) > self._max:
+            self._l1.popitem(last=False)
+
+    def invalidate(self, keys: Sequence[str]) -> None:
+        if "*" in keys:
+            self._l1.clear()
+            return
+        for key in keys:
+            self._l1.pop(key, None)
+
+    async def get(self, key: str) -> Value | None:
+        found = self.peek(key)
+        if found is not None:
+            return found
+        value = await self.l2.get(key)
+        if value is not None:
+            self._remember(key, value)
+        return value
+
+    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+        self._l1.pop(key, None)
+        await self.l2.set(key, value, ttl, index=index, tags=tags)
+        self._remember(key, value)
+
+    async def purge_index(self, index: str) -> list[str]:
+        keys = await self.l2.purge_index(index)
+        self.invalidate(keys)
+        return keys
+
+    async def purge_tags(self, tags: Sequence[str], *, soft: bool) -> list[str]:
+        keys = await self.l2.purge_tags(tags, soft=soft)
+        self.invalidate(keys)
+        return keys
+
+    async def clear(self) -> None:
+        self._l1.clear()
+        await self.l2.clear()
+
+    async def acquire_lease(self, key: str, ttl: float) -> str | None:
+        return await self.l2.acquire_lease(key, ttl)
+
+    async def release_lease(self, key: str, token: str) -> None:
+        await self.l2.release_lease(key, token)
+
+    async def publish(self, keys: Sequence[str]) -> None:
+        await self.l2.publish(keys)
+
+    def listen(self, callback: Callable[[list[str]], None]) -> Awaitable[None] | None:
+        return self.l2.listen(callback)
+
+    async def aclose(self) -> None:
+        await self.l2.aclose()
