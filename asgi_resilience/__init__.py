@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgi_resilience.cache import Cache, CacheMiddleware, CacheRule, cache  # the decorator `cache` wins
 from asgi_resilience.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -22,6 +23,8 @@ from asgi_resilience.errors import (
     RetriesExhausted,
     StorageError,
 )
+from asgi_resilience.observability import Telemetry, dashboard_app
+from asgi_resilience.stack import ResilienceStack, ResilientApp, resilient
 from asgi_resilience.timeout import (  # the decorator `timeout` replaces the subpackage attribute
     ConcurrencyLimitMiddleware,
     TimeoutMiddleware,
@@ -31,6 +34,9 @@ from asgi_resilience.timeout import (  # the decorator `timeout` replaces the su
 )
 
 __all__ = [
+    "Cache",
+    "CacheMiddleware",
+    "CacheRule",
     "CircuitOpenError",
     "ConcurrencyLimitMiddleware",
     "ConfigurationError",
@@ -41,11 +47,17 @@ __all__ = [
     "ProblemDetailsMiddleware",
     "RateLimitExceeded",
     "ResilienceError",
+    "ResilienceStack",
+    "ResilientApp",
     "RetriesExhausted",
     "StorageError",
+    "Telemetry",
     "TimeoutMiddleware",
+    "cache",
     "current_deadline",
+    "dashboard_app",
     "remaining_time",
+    "resilient",
     "timeout",
 ]
 
