@@ -24,6 +24,7 @@ from asgi_resilience.errors import (
     StorageError,
 )
 from asgi_resilience.observability import Telemetry, dashboard_app
+from asgi_resilience.ratelimit import RateLimitMiddleware, Rule, rate_limit
 from asgi_resilience.stack import ResilienceStack, ResilientApp, resilient
 from asgi_resilience.timeout import (  # the decorator `timeout` replaces the subpackage attribute
     ConcurrencyLimitMiddleware,
@@ -46,16 +47,19 @@ __all__ = [
     "ProblemDetails",
     "ProblemDetailsMiddleware",
     "RateLimitExceeded",
+    "RateLimitMiddleware",
     "ResilienceError",
     "ResilienceStack",
     "ResilientApp",
     "RetriesExhausted",
+    "Rule",
     "StorageError",
     "Telemetry",
     "TimeoutMiddleware",
     "cache",
     "current_deadline",
     "dashboard_app",
+    "rate_limit",
     "remaining_time",
     "resilient",
     "timeout",

@@ -19,6 +19,7 @@ from trusted peers).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ _CACHE_SIZE = 4096
 _MAX_HOPS = 64  # longer chains are read only up to this many hops from the right
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _parse_ip(value: str) -> IPAddress | None:
     """An address from a header or a peer tuple (ports, brackets and zone ids removed), or None."""
     value = value.strip().strip('"').strip()
@@ -118,6 +120,7 @@ def parse_x_forwarded_for(values: Sequence[str]) -> list[str | None]:
     return nodes
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def network_key(ip: str, *, ipv6_prefix: int = 64, ipv4_prefix: int = 32) -> str:
     """The partition an address belongs to: IPv6 by ``/ipv6_prefix`` (default /64), IPv4 by host.
 

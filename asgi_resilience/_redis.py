@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["is_redis_url", "redis_client"]
 
-_SCHEMES = ("redis://", "rediss://", "unix://")
+_CLUSTER = "redis+cluster://"
+_SENTINEL = "redis+sentinel://"
+_SCHEMES = ("redis://", "rediss://", "unix://", _CLUSTER, _SENTINEL)
 
 
 def is_redis_url(value: object) -> bool:
@@ -29,9 +31,37 @@ def redis_client(target: str | Any, *, socket_timeout: float | None = None) -> R
     if not isinstance(target, str):
         return target  # type: ignore[no-any-return]
     if not is_redis_url(target):
-        raise ConfigurationError(f"expected a redis://, rediss:// or unix:// URL, got {target!r}")
+        raise ConfigurationError(
+            f"expected a redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL, got {target!r}"
+        )
     redis_asyncio = import_optional("redis.asyncio", extra="redis", feature="The Redis backend")
+    if target.startswith(_CLUSTER):
+        from redis.asyncio.cluster import RedisCluster
+
+        cluster: Any = RedisCluster.from_url(
+            "redis://" + target[len(_CLUSTER) :], socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+        )
+        return cluster  # type: ignore[no-any-return]
+    if target.startswith(_SENTINEL):
+        return _sentinel_master(target, socket_timeout)
     client: Redis = redis_asyncio.Redis.from_url(
         target, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
     )
     return client
+
+
+def _sentinel_master(target: str, socket_timeout: float | None) -> Redis:
+    """``redis+sentinel://host:26379,host2:26379/<service>[/<db>]`` -> a client for the current master."""
+    from redis.asyncio.sentinel import Sentinel
+
+    hosts, _, rest = target[len(_SENTINEL) :].partition("/")
+    service, _, db = rest.partition("/")
+    if not hosts or not service:
+        raise ConfigurationError(f"expected redis+sentinel://host:port[,host:port]/<service>[/<db>], got {target!r}")
+    nodes = []
+    for node in hosts.split(","):
+        host, _, port = node.rpartition(":")
+        nodes.append((host or node, int(port) if port.isdigit() else 26379))
+    sentinel = Sentinel(nodes, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)  # type: ignore[no-untyped-call]
+    master: Redis = sentinel.master_for(service, db=int(db) if db.isdigit() else 0)
+    return master

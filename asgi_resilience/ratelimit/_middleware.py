@@ -1,0 +1,501 @@
+"""RateLimitMiddleware: the ASGI adapter that drives the rate-limit core and its storage."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+from asgi_resilience._asgi import SendTracker, append_headers, get_header, send_error
+from asgi_resilience._clock import Clock
+from asgi_resilience._proxy import TrustedProxies, network_key
+from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
+from asgi_resilience.errors import ConfigurationError, RateLimitExceeded, StorageError
+from asgi_resilience.observability import Telemetry, resolve_telemetry
+from asgi_resilience.ratelimit._policy import (
+    MOVING_WINDOW_MAX,
+    STRATEGIES,
+    CostSource,
+    Decision,
+    KeySource,
+    LimitSource,
+    Rule,
+    Strategy,
+    parse_limits,
+)
+from asgi_resilience.ratelimit._storage import Check, MemoryStorage, RateLimitStorage, storage_from
+from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["RateLimitMiddleware", "rate_limit"]
+
+logger = logging.getLogger("asgi_resilience.ratelimit")
+
+T = TypeVar("T")
+HeaderMode = Literal["draft-10", "legacy", "both"]
+StoreErrorMode = Literal["open", "closed", "local"]
+_CONCERN = "rate_limit"
+_MAX_COOLDOWN = 30.0
+
+
+def rate_limit(
+    limit: LimitSource,
+    *,
+    key: KeySource = "ip",
+    methods: Sequence[str] | None = None,
+    cost: CostSource = 1,
+    name: str | None = None,
+    shadow: bool = False,
+) -> Callable[[T], T]:
+    """Limit one endpoint: ``@rate_limit("5/minute")`` on a Starlette/FastAPI endpoint or a mounted app.
+
+    The endpoint is returned unchanged (FastAPI still sees its signature); :class:`RateLimitMiddleware`
+    finds the rule before routing, for routes added through ``APIRouter``/``include_router`` and in
+    ``Mount``-ed sub-apps alike. Stack several decorators for several rules. The policy name defaults
+    to the endpoint's name, and each endpoint counts separately.
+    """
+
+    def decorate(endpoint: T) -> T:
+        marks = getattr(endpoint, ATTRIBUTE, None)
+        existing: tuple[Rule, ...] = tuple(marks.get(_CONCERN, ())) if isinstance(marks, dict) else ()
+        base = name or getattr(endpoint, "__qualname__", None) or type(endpoint).__qualname__
+        rule_name = base if not existing or name else f"{base}#{len(existing) + 1}"
+        rule = Rule(limit, key=key, methods=methods, cost=cost, name=rule_name, shadow=shadow)
+        return mark_endpoint(endpoint, _CONCERN, (*existing, rule))
+
+    return decorate
+
+
+def _sf_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _WebSocketDenialSend:
+    """Turns a problem response into ``websocket.http.response.*`` messages (the ASGI extension)."""
+
+    __slots__ = ("_send",)
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    async def __call__(self, message: Message) -> None:
+        await self._send({**message, "type": "websocket." + message["type"]})
+
+
+class RateLimitMiddleware:
+    """Rate limiting as pure ASGI middleware: decide before the app runs, add headers to every response.
+
+    Args:
+        app: the ASGI app.
+        rules: :class:`Rule` objects applied to every matching request (``@rate_limit`` adds more per
+            endpoint). A request passes only if every matching rule passes.
+        storage: ``"memory://"`` (per process), a Redis URL (``redis://``, ``rediss://``,
+            ``redis+cluster://``, ``redis+sentinel://``) or a ``redis.asyncio`` client.
+        strategy: ``"sliding-window"`` (default), ``"fixed-window"``, ``"moving-window"`` or ``"gcra"``.
+        exempt: glob path patterns (``["/health", "/metrics*"]``) or a sync/async callable of the scope
+            returning True for requests that skip every rule.
+        trusted_proxies: None (the peer is the client), CIDRs, a hop count, or a
+            :class:`~asgi_resilience._proxy.TrustedProxies`.
+        on_store_error: when the storage fails or exceeds ``store_timeout``: ``"open"`` (admit),
+            ``"closed"`` (503 problem+json) or ``"local"`` (decide with an in-process limiter).
+        store_timeout: seconds one storage call may take (default 50 ms).
+        store_cooldown: after a failure, seconds during which the storage is not tried (doubling up
+            to 30 s while it keeps failing); then one request probes it. Recovery is automatic.
+        shadow: decide, count and log, but never reject (every rule).
+        headers: ``"draft-10"`` (``RateLimit-Policy`` and ``RateLimit``), ``"legacy"``
+            (``X-RateLimit-Limit/-Remaining/-Reset``), ``"both"``, or None for no headers.
+        ipv6_prefix: IPv6 clients are keyed by this prefix length (default /64; 128 = per address).
+        key_prefix: prefix of the storage keys.
+        clock: seconds; tests only (memory counters, the breaker and Redis scripts use it).
+        telemetry: True (process default), False (off) or a Telemetry instance.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rules: Sequence[Rule] = (),
+        storage: str | Any = "memory://",
+        strategy: Strategy = "sliding-window",
+        exempt: Sequence[str] | str | Callable[[Scope], bool | Awaitable[bool]] | None = None,
+        trusted_proxies: Sequence[str] | int | TrustedProxies | None = None,
+        on_store_error: StoreErrorMode = "open",
+        store_timeout: float = 0.05,
+        store_cooldown: float = 1.0,
+        shadow: bool = False,
+        headers: HeaderMode | None = "draft-10",
+        ipv6_prefix: int = 64,
+        key_prefix: str = "asgi_rl",
+        clock: Clock | None = None,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        self.app = app
+        if strategy not in STRATEGIES:
+            raise ConfigurationError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        self.strategy: str = strategy
+        self.rules = tuple(rules)
+        for rule in self.rules:
+            if not isinstance(rule, Rule):
+                raise ConfigurationError(f"rules must be Rule objects, got {rule!r}")
+            self._check_rule(rule)
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigurationError(f"rule names must be unique (they name the counters); pass name= to {duplicates}")
+        if on_store_error not in ("open", "closed", "local"):
+            raise ConfigurationError(f"on_store_error must be 'open', 'closed' or 'local', got {on_store_error!r}")
+        self.on_store_error = on_store_error
+        if not (isinstance(store_timeout, (int, float)) and 0 < store_timeout <= 60):
+            raise ConfigurationError(f"store_timeout must be seconds in (0, 60], got {store_timeout!r}")
+        if not (isinstance(store_cooldown, (int, float)) and 0 <= store_cooldown <= _MAX_COOLDOWN):
+            raise ConfigurationError(f"store_cooldown must be seconds in [0, 30], got {store_cooldown!r}")
+        self.store_timeout = float(store_timeout)
+        self.store_cooldown = float(store_cooldown)
+        if headers not in ("draft-10", "legacy", "both", None, False):
+            raise ConfigurationError(f"headers must be 'draft-10', 'legacy', 'both' or None, got {headers!r}")
+        self._draft_headers = headers in ("draft-10", "both")
+        self._legacy_headers = headers in ("legacy", "both")
+        if isinstance(ipv6_prefix, bool) or not isinstance(ipv6_prefix, int) or not 1 <= ipv6_prefix <= 128:
+            raise ConfigurationError(f"ipv6_prefix must be an int from 1 to 128 (e.g. 64 or 56), got {ipv6_prefix!r}")
+        self.ipv6_prefix = ipv6_prefix
+        self.proxies = (
+            trusted_proxies if isinstance(trusted_proxies, TrustedProxies) else TrustedProxies(trusted_proxies)
+        )
+        self.shadow = bool(shadow)
+        self._clock: Clock = clock or time.monotonic
+        self.storage: RateLimitStorage = storage_from(storage, clock=clock, prefix=key_prefix)
+        self._memory = self.storage if isinstance(self.storage, MemoryStorage) else None
+        self._fallback = MemoryStorage(clock=clock or time.time) if on_store_error == "local" else None
+        self._exempt_regex: re.Pattern[str] | None = None
+        self._exempt_call: Callable[[Scope], bool | Awaitable[bool]] | None = None
+        if isinstance(exempt, str):
+            exempt = [exempt]
+        if callable(exempt):
+            self._exempt_call = exempt
+        elif exempt is not None:
+            patterns = list(exempt)
+            if not all(isinstance(p, str) for p in patterns):
+                raise ConfigurationError(f"exempt must be path patterns or a callable, got {exempt!r}")
+            if patterns:
+                self._exempt_regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+        self._endpoints = EndpointOptions(_CONCERN)
+        # breaker around the storage (shared by all requests; per-request state stays in locals)
+        self._open_until = 0.0
+        self._cooldown = self.store_cooldown
+        self._probing = False
+        self._failures = 0
+        self._policy_cache: dict[tuple[str, int, int, int, bool], tuple[str, str]] = {}
+        tel = resolve_telemetry(telemetry)
+        self._telemetry = tel
+        self._requests = tel.instrument("asgi_resilience.rate_limit.requests")
+        self._duration = tel.instrument("asgi_resilience.rate_limit.duration")
+        tel.register_snapshot("rate_limit", self.snapshot)
+
+    def _check_rule(self, rule: Rule) -> None:
+        if self.strategy == "moving-window" and rule.limits is not None:
+            for limit in rule.limits:
+                if limit.amount > MOVING_WINDOW_MAX:
+                    raise ConfigurationError(
+                        f"rule {rule.name!r}: moving-window keeps one entry per hit and is capped at "
+                        f"{MOVING_WINDOW_MAX} per window; use strategy='sliding-window' or 'gcra' for larger limits"
+                    )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live state for the dashboard."""
+        now = self._clock()
+        return {
+            "storage": self.storage.name,
+            "strategy": self.strategy,
+            "rules": [rule.name for rule in self.rules],
+            "shadow": self.shadow,
+            "on_store_error": self.on_store_error,
+            "store_available": self._open_until <= now,
+            "store_failures": self._failures,
+            "keys": len(self._memory) if self._memory is not None else None,
+        }
+
+    async def reset(self) -> None:
+        """Forget every counter (tests, admin)."""
+        await self.storage.reset()
+        if self._fallback is not None:
+            await self._fallback.reset()
+
+    # ------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if self._exempt_regex is not None and self._exempt_regex.match(path):
+            await self.app(scope, receive, send)
+            return
+        if self._exempt_call is not None:
+            exempt = self._exempt_call(scope)
+            if inspect.isawaitable(exempt):
+                exempt = await exempt
+            if exempt:
+                await self.app(scope, receive, send)
+                return
+        method = scope.get("method")
+        rules = [rule for rule in self.rules if rule.matches(method, path)]
+        endpoint_rules = self._endpoints.lookup(scope)
+        if endpoint_rules:
+            rules.extend(rule for rule in endpoint_rules if rule.matches(method, path))
+        if not rules:
+            await self.app(scope, receive, send)
+            return
+        try:
+            checks = await self._checks(scope, rules)
+        except Exception:
+            logger.exception("rate-limit key/limit/cost callable failed; the request is not limited")
+            checks = []
+        if not checks:
+            await self.app(scope, receive, send)
+            return
+        decisions = await self._decide(checks)
+        if decisions is None:  # storage failed, fail open
+            await self.app(scope, receive, send)
+            return
+        if decisions is False:  # storage failed, fail closed
+            await self._reject_store(scope, receive, send)
+            return
+        self._count(checks, decisions)
+        violated: list[str] = []
+        wait = 0.0
+        for check, decision in zip(checks, decisions, strict=True):
+            if not decision.allowed and check.enforce:
+                if check.rule not in violated:
+                    violated.append(check.rule)
+                if decision.retry_after is not None and decision.retry_after > wait:
+                    wait = decision.retry_after
+        headers = self._headers(checks, decisions)
+        if violated:
+            self._telemetry.span_event("rate_limit.limited", {"rules": ",".join(violated)})
+            exc = RateLimitExceeded(retry_after=max(wait, 0.001), violated_policies=violated)
+            await self._deny(scope, receive, send, exc, headers)
+            return
+        if not headers:
+            await self.app(scope, receive, send)
+            return
+        if kind == "websocket":
+            await self.app(scope, receive, _accept_with_headers(send, headers))
+            return
+
+        def on_start(message: Message) -> None:
+            append_headers(message, headers)
+
+        await self.app(scope, receive, SendTracker(send, on_start))
+
+    async def _checks(self, scope: Scope, rules: list[Rule]) -> list[Check]:
+        checks: list[Check] = []
+        global_shadow = self.shadow
+        for rule in rules:
+            limits = rule.limits
+            if limits is None:
+                value = rule.limit(scope)  # type: ignore[operator]
+                if inspect.isawaitable(value):
+                    value = await value
+                if value is None:
+                    continue  # unlimited for this request
+                limits = parse_limits(value)
+                self._check_rule_limits(rule, limits)
+            partition = self._partition(rule.key, scope)
+            if partition is not None and not isinstance(partition, str):
+                partition = await partition
+            if partition is None:
+                continue
+            cost: Any = rule.cost
+            if not isinstance(cost, int):
+                cost = cost(scope)
+                if inspect.isawaitable(cost):
+                    cost = await cost
+                if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+                    raise ValueError(f"rule {rule.name!r}: cost callable returned {cost!r}, expected an int >= 0")
+            enforce = not (global_shadow or rule.shadow)
+            for nth, limit in enumerate(limits):
+                checks.append(Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce))
+        return checks
+
+    def _check_rule_limits(self, rule: Rule, limits: Sequence[Any]) -> None:
+        if self.strategy == "moving-window" and any(limit.amount > MOVING_WINDOW_MAX for limit in limits):
+            raise ValueError(f"rule {rule.name!r}: moving-window limits are capped at {MOVING_WINDOW_MAX}")
+
+    def _partition(self, key: KeySource, scope: Scope) -> str | None | Awaitable[str | None]:
+        if key == "ip":
+            return self._ip_partition(scope)
+        if key == "global":
+            return "global"
+        if not isinstance(key, str):
+            value = key(scope)
+            if inspect.isawaitable(value):
+                return _prefixed(value)
+            return None if value is None else "key:" + str(value)
+        if key == "user":
+            user = scope.get("user")
+            identity = _user_identity(user)
+            if identity is None:
+                return "anon:" + self._ip_partition(scope)
+            return "user:" + identity
+        # header:<Name>
+        header = key[7:]
+        raw = get_header(scope, header.lower().encode("latin-1"))
+        if raw is None or not raw.strip():
+            return "anon:" + self._ip_partition(scope)
+        return f"hdr:{header.lower()}:{raw.decode('latin-1').strip()}"
+
+    def _ip_partition(self, scope: Scope) -> str:
+        ip = self.proxies.client_ip(scope)
+        if ip is None:
+            return "ip:unknown"
+        return "ip:" + network_key(ip, ipv6_prefix=self.ipv6_prefix)
+
+    async def _decide(self, checks: list[Check]) -> list[Decision] | None | Literal[False]:
+        if self._memory is not None:
+            return self._memory.hit_now(self.strategy, checks)
+        now = self._clock()
+        if self._open_until > now or self._probing:
+            return self._degraded(checks)
+        probing = self._failures > 0
+        if probing:
+            self._probing = True
+        started = time.perf_counter()
+        try:
+            import anyio
+
+            with anyio.fail_after(self.store_timeout):
+                decisions = await self.storage.hit(self.strategy, checks)
+        except (StorageError, TimeoutError) as exc:
+            self._failures += 1
+            self._open_until = self._clock() + self._cooldown
+            self._cooldown = min(_MAX_COOLDOWN, max(self._cooldown * 2, 0.1))
+            if self._failures == 1 or probing:
+                logger.warning(
+                    "rate-limit storage %s failed (%s); on_store_error=%r for the next %.1f s",
+                    self.storage.name,
+                    type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
+                    self.on_store_error,
+                    self._open_until - self._clock(),
+                )
+            return self._degraded(checks)
+        finally:
+            if probing:
+                self._probing = False
+        self._duration.record(time.perf_counter() - started, {"storage": self.storage.name})
+        if self._failures:
+            logger.warning("rate-limit storage %s recovered", self.storage.name)
+            self._failures = 0
+            self._cooldown = self.store_cooldown
+        return decisions
+
+    def _degraded(self, checks: list[Check]) -> list[Decision] | None | Literal[False]:
+        if self._fallback is not None:
+            return self._fallback.hit_now(self.strategy, checks)
+        for rule in dict.fromkeys(check.rule for check in checks):
+            self._requests.add(1, {"rule": rule, "result": "store_error"})
+        return None if self.on_store_error == "open" else False
+
+    def _count(self, checks: list[Check], decisions: list[Decision]) -> None:
+        results: dict[str, str] = {}
+        for check, decision in zip(checks, decisions, strict=True):
+            if decision.allowed:
+                results.setdefault(check.rule, "allowed")
+            elif check.enforce:
+                results[check.rule] = "limited"
+            elif results.get(check.rule) != "limited":
+                results[check.rule] = "shadow_limited"
+        requests = self._requests
+        for rule, result in results.items():
+            requests.add(1, {"rule": rule, "result": result})
+            if result == "shadow_limited":
+                logger.info("rate limit %r would reject this request (shadow mode)", rule)
+
+    def _headers(self, checks: list[Check], decisions: list[Decision]) -> list[tuple[bytes, bytes]]:
+        if not self._draft_headers and not self._legacy_headers:
+            return []
+        headers: list[tuple[bytes, bytes]] = []
+        if self._draft_headers:
+            policies = []
+            states = []
+            multi = {check.rule for check in checks if check.nth > 0}
+            cache = self._policy_cache
+            for check, decision in zip(checks, decisions, strict=True):
+                cache_key = (check.rule, check.nth, check.limit, check.period_ms, check.rule in multi)
+                found = cache.get(cache_key)
+                if found is None:
+                    window = max(1, math.ceil(check.period_ms / 1000))
+                    name = _sf_string(f"{check.rule}/{window}s" if check.rule in multi else check.rule)
+                    found = (name, f"{name};q={check.limit};w={window}")
+                    if len(cache) > 4096:
+                        cache.clear()
+                    cache[cache_key] = found
+                policies.append(found[1])
+                states.append(f"{found[0]};r={decision.remaining};t={_reset_seconds(decision)}")
+            headers.append((b"ratelimit-policy", ", ".join(policies).encode("latin-1")))
+            headers.append((b"ratelimit", ", ".join(states).encode("latin-1")))
+        if self._legacy_headers:
+            tight = min(decisions, key=lambda d: (d.remaining, -_reset_seconds(d)))
+            headers.append((b"x-ratelimit-limit", str(tight.limit).encode()))
+            headers.append((b"x-ratelimit-remaining", str(tight.remaining).encode()))
+            headers.append((b"x-ratelimit-reset", str(_reset_seconds(tight)).encode()))
+        return headers
+
+    async def _deny(
+        self, scope: Scope, receive: Receive, send: Send, exc: RateLimitExceeded | StorageError, headers: Any
+    ) -> None:
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            if "websocket.http.response" in (scope.get("extensions") or {}):
+                await send_error(_WebSocketDenialSend(send), exc, extra_headers=headers)
+            else:
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.title})
+            return
+        await send_error(send, exc, extra_headers=headers, head=scope.get("method") == "HEAD")
+
+    async def _reject_store(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wait = max(1.0, self._open_until - self._clock())
+        exc = StorageError("The rate limiter's storage is unavailable", retry_after=wait)
+        await self._deny(scope, receive, send, exc, ())
+
+
+def _reset_seconds(decision: Decision) -> int:
+    if decision.retry_after is not None:
+        return max(1, math.ceil(decision.retry_after))
+    return max(0, math.ceil(decision.reset_after))
+
+
+async def _prefixed(value: Awaitable[str | None]) -> str | None:
+    resolved = await value
+    return None if resolved is None else "key:" + str(resolved)
+
+
+def _user_identity(user: Any) -> str | None:
+    if user is None:
+        return None
+    if getattr(user, "is_authenticated", True) is False:
+        return None
+    if isinstance(user, dict):
+        found = user.get("id") or user.get("sub") or user.get("username")
+        return None if found is None else str(found)
+    for attr in ("identity", "id", "username", "display_name"):
+        try:
+            found = getattr(user, attr, None)
+        except Exception:  # starlette's BaseUser.identity raises NotImplementedError
+            continue
+        if found:
+            return str(found)
+    return str(user) if isinstance(user, str) else None
+
+
+def _accept_with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "websocket.accept":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+
+    return wrapped

@@ -1,0 +1,247 @@
+"""Rate-limit storages: in-process memory and Redis (one Lua call per request for all checks).
+
+Both take a whole request's checks at once and apply the same rule: every check is decided first,
+the request is admitted only if every enforced check allows it, and only then is quota consumed
+(by the checks that allowed it). A rejected request costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, NamedTuple
+
+from asgi_resilience._clock import Clock
+from asgi_resilience._redis import redis_client
+from asgi_resilience.errors import ConfigurationError, StorageError
+from asgi_resilience.ratelimit._policy import Decision, strategy_function
+
+__all__ = ["Check", "MemoryStorage", "RateLimitStorage", "RedisStorage", "storage_from"]
+
+_SWEEP_EVERY = 10_000
+
+
+class Check(NamedTuple):
+    """One limit to apply to one request."""
+
+    rule: str  # the rule (policy) name
+    nth: int  # which of the rule's limits
+    partition: str  # the client key ("ip:192.0.2.1", "global", ...)
+    limit: int
+    period_ms: int
+    cost: int
+    enforce: bool
+
+
+class RateLimitStorage(ABC):
+    """Decides a request's checks atomically."""
+
+    name = "storage"
+
+    @abstractmethod
+    async def hit(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
+        """Decide ``checks`` together; raises :class:`StorageError` when the backend fails."""
+
+    @abstractmethod
+    async def reset(self) -> None:
+        """Forget every counter (tests, admin)."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        return None
+
+
+class MemoryStorage(RateLimitStorage):
+    """Per-process counters in a dict; decisions are synchronous and therefore atomic on one loop.
+
+    ``clock`` is seconds (wall or monotonic; default ``time.time``); tests pass a ManualClock.
+    """
+
+    name = "memory"
+
+    def __init__(self, *, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self._data: dict[tuple[str, int, str], tuple[Any, int]] = {}
+        self._ops = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def hit_now(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
+        """The synchronous decision (what :meth:`hit` awaits)."""
+        decide = strategy_function(strategy)
+        now_us = int(self._clock() * 1_000_000)
+        now_ms = now_us // 1000
+        data = self._data
+        outcomes = []
+        admitted = True
+        for check in checks:
+            key = (check.rule, check.nth, check.partition)
+            entry = data.get(key)
+            state = entry[0] if entry is not None and entry[1] > now_ms else None
+            decision, new_state, ttl = decide(state, now_ms, now_us, check.limit, check.period_ms, check.cost)
+            outcomes.append((key, decision, new_state, ttl))
+            if not decision.allowed and check.enforce:
+                admitted = False
+        if admitted:
+            for key, decision, new_state, ttl in outcomes:
+                if decision.allowed:
+                    data[key] = (new_state, now_ms + max(1, ttl))
+        else:
+            return [_uncommitted(d, c.cost) for (_, d, _, _), c in zip(outcomes, checks, strict=True)]
+        self._ops += 1
+        if self._ops >= _SWEEP_EVERY:
+            self._ops = 0
+            self.sweep(now_ms)
+        return [outcome[1] for outcome in outcomes]
+
+    async def hit(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
+        return self.hit_now(strategy, checks)
+
+    def sweep(self, now_ms: int | None = None) -> None:
+        """Drop expired counters (runs every few thousand decisions)."""
+        if now_ms is None:
+            now_ms = int(self._clock() * 1000)
+        expired = [key for key, (_, expires) in self._data.items() if expires <= now_ms]
+        for key in expired:
+            del self._data[key]
+
+    async def reset(self) -> None:
+        self._data.clear()
+
+
+def _uncommitted(decision: Decision, cost: int) -> Decision:
+    """A check that allowed a request another check rejected: its quota was not consumed."""
+    if not decision.allowed:
+        return decision
+    return Decision(True, decision.limit, decision.remaining + cost, decision.reset_after, None)
+
+
+_SCRIPT = resources.files("asgi_resilience.ratelimit").joinpath("ratelimit.lua").read_text(encoding="utf-8")
+
+
+def _tag(partition: str) -> str:
+    """A Redis Cluster hash tag for a partition: readable when safe, hashed otherwise."""
+    if len(partition) <= 64 and "{" not in partition and "}" not in partition and partition.isprintable():
+        return partition
+    return "h:" + hashlib.blake2b(partition.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+class RedisStorage(RateLimitStorage):
+    """Redis (standalone, Sentinel-managed or Cluster) through one Lua script per request.
+
+    Keys look like ``asgi_rl:{ip:192.0.2.1}:<rule>:<n>``: the partition is the hash tag, so every
+    rule that keys requests the same way lands in one slot and one call. On a cluster, checks whose
+    partitions differ (say a per-IP rule and a global rule) are sent as one call per slot, in parallel.
+    Time comes from Redis ``TIME`` (one clock for every worker). A ``NOSCRIPT`` after a Redis
+    restart reloads the script transparently.
+
+    Args:
+        client: a ``redis.asyncio`` client (or cluster client), or a URL.
+        prefix: the key prefix.
+        clock: tests only: use this clock instead of Redis ``TIME``.
+    """
+
+    name = "redis"
+
+    def __init__(self, client: Any, *, prefix: str = "asgi_rl", clock: Clock | None = None) -> None:
+        self.client = redis_client(client)
+        self.prefix = prefix
+        self._clock = clock
+        self._script = self.client.register_script(_SCRIPT)
+        self._cluster = _is_cluster(self.client)
+
+    def key(self, check: Check) -> str:
+        return f"{self.prefix}:{{{_tag(check.partition)}}}:{check.rule}:{check.nth}"
+
+    async def hit(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
+        strategy_function(strategy)  # validates
+        now = "" if self._clock is None else str(int(self._clock() * 1_000_000))
+        if not self._cluster:
+            return await self._call(strategy, now, checks)
+        groups: dict[str, list[int]] = {}
+        for i, check in enumerate(checks):
+            groups.setdefault(_tag(check.partition), []).append(i)
+        if len(groups) == 1:
+            return await self._call(strategy, now, checks)
+        import asyncio
+
+        order = list(groups.values())
+        parts = await asyncio.gather(*(self._call(strategy, now, [checks[i] for i in idx]) for idx in order))
+        out: list[Decision | None] = [None] * len(checks)
+        for idx, decisions in zip(order, parts, strict=True):
+            for i, decision in zip(idx, decisions, strict=True):
+                out[i] = decision
+        return [d for d in out if d is not None]
+
+    async def _call(self, strategy: str, now: str, checks: Sequence[Check]) -> list[Decision]:
+        keys = [self.key(check) for check in checks]
+        args: list[Any] = [strategy, now]
+        for check in checks:
+            args += [check.limit, check.period_ms, check.cost, 1 if check.enforce else 0]
+        try:
+            raw = await self._script(keys=keys, args=args)
+        except Exception as exc:
+            raise StorageError(f"Redis rate-limit call failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            decisions = []
+            for i, check in enumerate(checks):
+                allowed, remaining, reset_us, retry_us = (int(v) for v in raw[4 * i : 4 * i + 4])
+                decisions.append(
+                    Decision(
+                        bool(allowed),
+                        check.limit,
+                        remaining,
+                        reset_us / 1e6,
+                        None if retry_us < 0 else retry_us / 1e6,
+                    )
+                )
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"unexpected reply from the rate-limit script: {raw!r}") from exc
+        return decisions
+
+    async def reset(self) -> None:
+        """Delete this limiter's keys (SCAN + UNLINK on every node)."""
+        try:
+            batch: list[Any] = []
+            async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=500):
+                batch.append(key)
+            for key in batch:
+                await self.client.unlink(key)
+        except Exception as exc:
+            raise StorageError(f"Redis reset failed: {exc}") from exc
+
+    async def aclose(self) -> None:
+        close = getattr(self.client, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _is_cluster(client: Any) -> bool:
+    try:
+        from redis.asyncio.cluster import RedisCluster
+    except ImportError:  # pragma: no cover - only when redis is missing (then no client exists)
+        return False
+    return isinstance(client, RedisCluster)
+
+
+def storage_from(storage: str | Any, *, clock: Clock | None = None, prefix: str = "asgi_rl") -> RateLimitStorage:
+    """``"memory://"``, a Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
+    ``redis+sentinel://``), a ``redis.asyncio`` client or a :class:`RateLimitStorage`."""
+    if isinstance(storage, RateLimitStorage):
+        return storage
+    if storage is None or storage == "memory://" or storage == "memory":
+        return MemoryStorage(clock=clock or time.time)
+    if isinstance(storage, str):
+        if not storage.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")):
+            raise ConfigurationError(
+                f"storage must be 'memory://', a redis://, rediss://, redis+cluster:// or redis+sentinel:// URL, "
+                f"or a redis.asyncio client; got {storage!r}"
+            )
+        return RedisStorage(storage, clock=clock, prefix=prefix)
+    if hasattr(storage, "register_script"):
+        return RedisStorage(storage, clock=clock, prefix=prefix)
+    raise ConfigurationError(f"storage must be a URL, a redis.asyncio client or a storage object; got {storage!r}")
