@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import inspect
 import ipaddress
 import json
@@ -140,14 +139,14 @@ class _Dashboard:
             return await send_problem(
                 send, ProblemDetails(status=405), extra_headers=[(b"allow", b"GET, HEAD")], head=False
             )
+        # Starlette keeps the full path and extends root_path; Litestar strips the mount path instead.
         root = scope.get("root_path", "")
         path: str = scope.get("path", "")
-        route = path[len(root) :] if root and path.startswith(root) else path
+        route = (path[len(root) :] if root and path.startswith(root) else path).rstrip("/")
         head = method == "HEAD"
-        if route in ("", "/"):
-            body = _PAGE.replace("__BASE__", html.escape(json.dumps(root.rstrip("/")), quote=True)).encode()
+        if route == "":
             await send({"type": "http.response.start", "status": 200, "headers": self._page_headers})
-            await send({"type": "http.response.body", "body": b"" if head else body})
+            await send({"type": "http.response.body", "body": b"" if head else _PAGE_BYTES})
         elif route in ("/snapshot.json", "/snapshot"):
             body = _json_bytes(self.data())
             headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
@@ -261,3 +260,4 @@ def _load_page() -> tuple[str, str]:
 
 
 _PAGE, _SCRIPT = _load_page()
+_PAGE_BYTES = _PAGE.encode()
