@@ -1,0 +1,43 @@
+"""Outbound resilience for httpx: retries, circuit breakers, budgets and one end-to-end deadline.
+
+Wrapping transports (sync and async twins) over a sans-io core::
+
+    import httpx
+    from asgi_resilience.client import AsyncResilientTransport, BreakerPolicy, RetryPolicy
+
+    client = httpx.AsyncClient(transport=AsyncResilientTransport(retry=RetryPolicy(attempts=3)))
+
+or, keeping ``limits``/``http2``/``verify``/``proxy`` working, ``async_resilient_client(http2=True)``.
+"""
+
+from __future__ import annotations
+
+from asgi_resilience.client._breaker import BreakerPolicy, BreakerTransition
+from asgi_resilience.client._clients import async_resilient_client, resilient_client
+from asgi_resilience.client._core import AttemptRecord, RetryEvent
+from asgi_resilience.client._retry import RetryBudget, RetryPolicy
+from asgi_resilience.client._transports import (
+    AsyncCircuitBreakerTransport,
+    AsyncResilientTransport,
+    AsyncRetryTransport,
+    CircuitBreakerTransport,
+    ResilientTransport,
+    RetryTransport,
+)
+
+__all__ = [
+    "AsyncCircuitBreakerTransport",
+    "AsyncResilientTransport",
+    "AsyncRetryTransport",
+    "AttemptRecord",
+    "BreakerPolicy",
+    "BreakerTransition",
+    "CircuitBreakerTransport",
+    "ResilientTransport",
+    "RetryBudget",
+    "RetryEvent",
+    "RetryPolicy",
+    "RetryTransport",
+    "async_resilient_client",
+    "resilient_client",
+]

@@ -1,0 +1,603 @@
+"""httpx transports: retry, circuit breaker and the standard pipeline, as sync/async twins.
+
+Each twin only does I/O (send, sleep, close, hooks); every decision is in ``_core.py`` and the
+sans-io policies, so the two flavours cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import anyio
+import httpx
+
+from asgi_resilience.client._breaker import Admission, BreakerPolicy, BreakerTransition, CircuitBreaker
+from asgi_resilience.client._core import (
+    AsyncBody,
+    BodyError,
+    BreakerCore,
+    Hook,
+    RetryCore,
+    SyncBody,
+    await_hook,
+    breaker_result,
+    call_hook,
+    check_timeouts,
+)
+from asgi_resilience.client._retry import RetryPolicy
+from asgi_resilience.errors import ConfigurationError
+from asgi_resilience.observability import Telemetry
+from asgi_resilience.timeout import remaining_time
+
+__all__ = [
+    "AsyncCircuitBreakerTransport",
+    "AsyncResilientTransport",
+    "AsyncRetryTransport",
+    "CircuitBreakerTransport",
+    "ResilientTransport",
+    "RetryTransport",
+]
+
+
+def _no_retry() -> RetryPolicy:
+    return RetryPolicy(attempts=1, budget=None)
+
+
+class AsyncRetryTransport(httpx.AsyncBaseTransport):
+    """Re-sends failed calls by :class:`RetryPolicy`, inside one deadline (asyncio and trio).
+
+    The deadline of a call is ``min(total_timeout, asgi_resilience.remaining_time())``; every
+    attempt gets ``min(attempt_timeout, time left)`` as its httpx timeouts, sleeps never pass the
+    deadline, and the deadline also bounds reading the response body. Per request,
+    ``extensions={"retry": False}`` (or a number of attempts, or a :class:`RetryPolicy`),
+    ``"total_timeout"`` and ``"attempt_timeout"`` override the transport's settings.
+
+    Args:
+        transport: the transport to wrap (a new ``httpx.AsyncHTTPTransport()`` when None).
+        policy: the :class:`RetryPolicy`.
+        total_timeout: seconds for the whole call, all attempts and waits included (None: only
+            the inbound request's deadline, if any).
+        attempt_timeout: seconds per attempt (None: the client's timeouts).
+        raise_on_exhaustion: raise :class:`RetriesExhausted` instead of returning the last
+            response (or raising the last error) when retries run out.
+        on_retry: hook called with a :class:`RetryEvent` before each retry (logs by default).
+        on_give_up: hook called when a retryable outcome is not retried (logs by default).
+        telemetry: see :mod:`asgi_resilience.observability`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        total_timeout: float | None = None,
+        attempt_timeout: float | None = None,
+        raise_on_exhaustion: bool = False,
+        on_retry: Hook | None = None,
+        on_give_up: Hook | None = None,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._core = RetryCore(
+            policy=policy,
+            total_timeout=total_timeout,
+            attempt_timeout=attempt_timeout,
+            raise_on_exhaustion=raise_on_exhaustion,
+            on_retry=on_retry,
+            on_give_up=on_give_up,
+            telemetry=telemetry,
+            asynchronous=True,
+        )
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._core.policy
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = self._core.start(request)
+        while True:
+            attempt = call.next_request()
+            limit = call.hard_limit()
+            try:
+                if limit is None:
+                    response = await self._transport.handle_async_request(attempt)
+                else:
+                    # the httpx timeouts bound each phase; this bounds the sum by the deadline
+                    with anyio.fail_after(limit):
+                        response = await self._transport.handle_async_request(attempt)
+            except TimeoutError:
+                step = call.after(None, httpx.ReadTimeout("the call's total deadline passed", request=request))
+            except Exception as exc:
+                step = call.after(None, exc)
+            else:
+                step = call.after(response, None)
+            if step.kind == "retry":
+                if step.response is not None:
+                    await step.response.aclose()
+                await self._hook(self._core.on_retry, step.event)
+                if step.delay > 0:
+                    await anyio.sleep(step.delay)
+                continue
+            if step.event is not None:
+                await self._hook(self._core.on_give_up, step.event)
+            if step.kind == "exhausted":
+                if step.response is not None:
+                    try:
+                        await step.response.aread()
+                    except Exception:
+                        await step.response.aclose()
+                raise call.exhausted(step)
+            if step.kind == "raise":
+                raise step.error  # type: ignore[misc]
+            response = call.finish(step.response)  # type: ignore[arg-type]
+            if call.deadline != math.inf:
+                response.stream = AsyncBody(response.stream, deadline=call.deadline)
+            return response
+
+    @staticmethod
+    async def _hook(hook: Hook, event: Any) -> None:
+        pending = call_hook(hook, event)
+        if pending is not None:
+            await await_hook(pending)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+class RetryTransport(httpx.BaseTransport):
+    """The synchronous twin of :class:`AsyncRetryTransport` (same arguments; hooks must be sync).
+
+    Without cancellation, the deadline bounds each httpx timeout and is checked between body
+    chunks, rather than cutting a blocked read exactly at the deadline.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        total_timeout: float | None = None,
+        attempt_timeout: float | None = None,
+        raise_on_exhaustion: bool = False,
+        on_retry: Hook | None = None,
+        on_give_up: Hook | None = None,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        self._transport = transport if transport is not None else httpx.HTTPTransport()
+        self._core = RetryCore(
+            policy=policy,
+            total_timeout=total_timeout,
+            attempt_timeout=attempt_timeout,
+            raise_on_exhaustion=raise_on_exhaustion,
+            on_retry=on_retry,
+            on_give_up=on_give_up,
+            telemetry=telemetry,
+            asynchronous=False,
+        )
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._core.policy
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        call = self._core.start(request)
+        while True:
+            attempt = call.next_request()
+            try:
+                response = self._transport.handle_request(attempt)
+            except Exception as exc:
+                step = call.after(None, exc)
+            else:
+                step = call.after(response, None)
+            if step.kind == "retry":
+                if step.response is not None:
+                    step.response.close()
+                call_hook(self._core.on_retry, step.event)
+                if step.delay > 0:
+                    time.sleep(step.delay)
+                continue
+            if step.event is not None:
+                call_hook(self._core.on_give_up, step.event)
+            if step.kind == "exhausted":
+                if step.response is not None:
+                    try:
+                        step.response.read()
+                    except Exception:
+                        step.response.close()
+                raise call.exhausted(step)
+            if step.kind == "raise":
+                raise step.error  # type: ignore[misc]
+            response = call.finish(step.response)  # type: ignore[arg-type]
+            if call.deadline != math.inf:
+                response.stream = SyncBody(response.stream, deadline=call.deadline)
+            return response
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
+    """Refuses calls to an origin whose breaker is open, without touching the network.
+
+    One breaker per origin (``scheme://host:port``) and policy, shared by every transport of the
+    process (``shared=False`` keeps them to this transport). Refusals raise
+    :class:`CircuitOpenError` (an ``httpx.TransportError``) with ``retry_after`` and ``origin``.
+    A response counts when its body is closed, so a failure while reading it counts too.
+    ``extensions={"circuit_breaker": False}`` bypasses the breaker for one request.
+
+    Args:
+        transport: the transport to wrap (a new ``httpx.AsyncHTTPTransport()`` when None).
+        policy: the :class:`BreakerPolicy`.
+        state: ``"redis://..."`` (or a ``redis.asyncio.Redis``) to share open/close transitions
+            between processes; a Redis failure falls back to local state. None: local only.
+        shared: share breakers with the other transports of the process.
+        on_transition: hook called with a :class:`BreakerTransition` (logs by default).
+        telemetry: see :mod:`asgi_resilience.observability`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        policy: BreakerPolicy = BreakerPolicy(),
+        state: str | Any | None = None,
+        shared: bool = True,
+        on_transition: Hook | None = None,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._core = BreakerCore(
+            policy=policy,
+            state=state,
+            shared=shared,
+            on_transition=on_transition,
+            telemetry=telemetry,
+            asynchronous=True,
+        )
+
+    @property
+    def policy(self) -> BreakerPolicy:
+        return self._core.policy
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.extensions.get("circuit_breaker") is False:
+            return await self._transport.handle_async_request(request)
+        core = self._core
+        breaker = core.breaker(request)
+        shared = core.shared_state
+        if shared is not None and shared.due(breaker.origin, time.monotonic()):
+            seconds = await shared.acheck(breaker.origin)
+            if seconds:
+                forced = breaker.force_open(time.monotonic(), seconds, "shared")
+                if forced is not None:
+                    await self._emit(breaker, (forced,), 0.0)
+        admission = breaker.admit(time.monotonic())
+        if admission.transitions:
+            await self._emit(breaker, admission.transitions, 0.0)
+        if not admission.allowed:
+            raise core.rejection(admission, breaker, request)
+        started = time.monotonic()
+        try:
+            response = await self._transport.handle_async_request(request)
+        except BaseException as exc:
+            now = time.monotonic()
+            transitions = breaker.record(admission, breaker_result(exc, None, core.policy), now - started, now)
+            if transitions:
+                await self._emit(breaker, transitions, time.time() - (now - started))
+            raise
+        status = response.status_code
+
+        async def finish(error: BodyError) -> None:
+            now = time.monotonic()
+            result = breaker_result(error, status, core.policy)
+            transitions = breaker.record(admission, result, now - started, now)
+            if transitions:
+                await self._emit(breaker, transitions, time.time() - (now - started))
+
+        response.stream = AsyncBody(response.stream, on_close=finish)
+        return response
+
+    async def _emit(self, breaker: CircuitBreaker, transitions: tuple[BreakerTransition, ...], epoch: float) -> None:
+        core = self._core
+        core.count(transitions)
+        for op, value in core.shared_ops(breaker, transitions, epoch):
+            if op == "open":
+                await core.shared_state.aopened(breaker.origin, value)  # type: ignore[union-attr]
+            else:
+                await core.shared_state.aclosed(breaker.origin, value)  # type: ignore[union-attr]
+        for transition in transitions:
+            pending = call_hook(core.on_transition, transition)
+            if pending is not None:
+                await await_hook(pending)
+
+    async def aclose(self) -> None:
+        try:
+            await self._transport.aclose()
+        finally:
+            if self._core.shared_state is not None:
+                await self._core.shared_state.aclose()
+
+
+class CircuitBreakerTransport(httpx.BaseTransport):
+    """The synchronous twin of :class:`AsyncCircuitBreakerTransport` (thread-safe).
+
+    ``state="redis://..."`` uses a synchronous redis-py client.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        policy: BreakerPolicy = BreakerPolicy(),
+        state: str | Any | None = None,
+        shared: bool = True,
+        on_transition: Hook | None = None,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        self._transport = transport if transport is not None else httpx.HTTPTransport()
+        self._core = BreakerCore(
+            policy=policy,
+            state=state,
+            shared=shared,
+            on_transition=on_transition,
+            telemetry=telemetry,
+            asynchronous=False,
+        )
+
+    @property
+    def policy(self) -> BreakerPolicy:
+        return self._core.policy
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.extensions.get("circuit_breaker") is False:
+            return self._transport.handle_request(request)
+        core = self._core
+        breaker = core.breaker(request)
+        shared = core.shared_state
+        if shared is not None and shared.due(breaker.origin, time.monotonic()):
+            seconds = shared.check(breaker.origin)
+            if seconds:
+                forced = breaker.force_open(time.monotonic(), seconds, "shared")
+                if forced is not None:
+                    self._emit(breaker, (forced,), 0.0)
+        admission: Admission = breaker.admit(time.monotonic())
+        if admission.transitions:
+            self._emit(breaker, admission.transitions, 0.0)
+        if not admission.allowed:
+            raise core.rejection(admission, breaker, request)
+        started = time.monotonic()
+        try:
+            response = self._transport.handle_request(request)
+        except BaseException as exc:
+            now = time.monotonic()
+            transitions = breaker.record(admission, breaker_result(exc, None, core.policy), now - started, now)
+            if transitions:
+                self._emit(breaker, transitions, time.time() - (now - started))
+            raise
+        status = response.status_code
+
+        def finish(error: BodyError) -> None:
+            now = time.monotonic()
+            result = breaker_result(error, status, core.policy)
+            transitions = breaker.record(admission, result, now - started, now)
+            if transitions:
+                self._emit(breaker, transitions, time.time() - (now - started))
+
+        response.stream = SyncBody(response.stream, on_close=finish)
+        return response
+
+    def _emit(self, breaker: CircuitBreaker, transitions: tuple[BreakerTransition, ...], epoch: float) -> None:
+        core = self._core
+        core.count(transitions)
+        for op, value in core.shared_ops(breaker, transitions, epoch):
+            if op == "open":
+                core.shared_state.opened(breaker.origin, value)  # type: ignore[union-attr]
+            else:
+                core.shared_state.closed(breaker.origin, value)  # type: ignore[union-attr]
+        for transition in transitions:
+            call_hook(core.on_transition, transition)
+
+    def close(self) -> None:
+        try:
+            self._transport.close()
+        finally:
+            if self._core.shared_state is not None:
+                self._core.shared_state.close()
+
+
+def _check_resilient(
+    total_timeout: float, attempt_timeout: float, max_concurrent: int | None, retry: Any, breaker: Any
+) -> None:
+    if total_timeout is None:
+        raise ConfigurationError("total_timeout must be a number of seconds; the standard pipeline always has one")
+    check_timeouts(total_timeout, attempt_timeout)
+    if max_concurrent is not None and (
+        isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1
+    ):
+        raise ConfigurationError(f"max_concurrent must be an int >= 1 or None, got {max_concurrent!r}")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry must be a RetryPolicy or None (no retries), got {retry!r}")
+    if breaker is not None and not isinstance(breaker, BreakerPolicy):
+        raise ConfigurationError(f"breaker must be a BreakerPolicy or None (no breaker), got {breaker!r}")
+
+
+def _limit_wait(request: httpx.Request, total_timeout: float) -> float:
+    total = request.extensions.get("total_timeout", total_timeout)
+    inbound = remaining_time()
+    return min(t for t in (total, inbound, math.inf) if t is not None)
+
+
+def _shrink_total(request: httpx.Request, total_timeout: float, waited: float) -> None:
+    if waited > 0:
+        total = request.extensions.get("total_timeout", total_timeout)
+        request.extensions["total_timeout"] = max(1e-6, total - waited)
+
+
+class AsyncResilientTransport(httpx.AsyncBaseTransport):
+    """The standard pipeline: concurrency limit -> total deadline -> retry (+budget) -> breaker
+    -> attempt timeout, with validated settings (the .NET standard resilience handler, in Python).
+
+    Args:
+        transport: the transport to wrap (a new ``httpx.AsyncHTTPTransport()`` when None).
+        retry: the :class:`RetryPolicy`, or None for no retries.
+        breaker: the :class:`BreakerPolicy`, or None for no circuit breaker.
+        total_timeout: seconds for the whole call (capped by the inbound request's deadline).
+        attempt_timeout: seconds per attempt; must be <= ``total_timeout``.
+        max_concurrent: calls in flight at once through this transport (None: unlimited); a
+            call that cannot get a slot before its deadline raises ``httpx.PoolTimeout``. The
+            slot is held until the response body is closed.
+        raise_on_exhaustion, on_retry, on_give_up: see :class:`AsyncRetryTransport`.
+        state, shared, on_transition: see :class:`AsyncCircuitBreakerTransport`.
+        telemetry: see :mod:`asgi_resilience.observability`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        retry: RetryPolicy | None = RetryPolicy(),
+        breaker: BreakerPolicy | None = BreakerPolicy(),
+        total_timeout: float = 30.0,
+        attempt_timeout: float = 10.0,
+        max_concurrent: int | None = None,
+        raise_on_exhaustion: bool = False,
+        state: str | Any | None = None,
+        shared: bool = True,
+        on_retry: Hook | None = None,
+        on_give_up: Hook | None = None,
+        on_transition: Hook | None = None,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        _check_resilient(total_timeout, attempt_timeout, max_concurrent, retry, breaker)
+        inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        if breaker is not None:
+            inner = AsyncCircuitBreakerTransport(
+                inner, policy=breaker, state=state, shared=shared, on_transition=on_transition, telemetry=telemetry
+            )
+        self._transport = AsyncRetryTransport(
+            inner,
+            policy=retry if retry is not None else _no_retry(),
+            total_timeout=total_timeout,
+            attempt_timeout=attempt_timeout,
+            raise_on_exhaustion=raise_on_exhaustion,
+            on_retry=on_retry,
+            on_give_up=on_give_up,
+            telemetry=telemetry,
+        )
+        self.total_timeout = total_timeout
+        self.max_concurrent = max_concurrent
+        self._semaphore: anyio.Semaphore | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.max_concurrent is None:
+            return await self._transport.handle_async_request(request)
+        if self._semaphore is None:
+            self._semaphore = anyio.Semaphore(self.max_concurrent)
+        semaphore = self._semaphore
+        started = time.monotonic()
+        acquired = False
+        with anyio.move_on_after(_limit_wait(request, self.total_timeout)):
+            await semaphore.acquire()
+            acquired = True
+        if not acquired:
+            raise httpx.PoolTimeout(
+                f"no free slot among max_concurrent={self.max_concurrent} before the call's deadline", request=request
+            )
+        _shrink_total(request, self.total_timeout, time.monotonic() - started)
+        try:
+            response = await self._transport.handle_async_request(request)
+        except BaseException:
+            semaphore.release()
+            raise
+
+        async def release(error: BodyError) -> None:
+            semaphore.release()
+
+        response.stream = AsyncBody(response.stream, on_close=release)
+        return response
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+class ResilientTransport(httpx.BaseTransport):
+    """The synchronous twin of :class:`AsyncResilientTransport` (same arguments; sync hooks).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        retry: RetryPolicy | None = RetryPolicy(),
+        breaker: BreakerPolicy | None = BreakerPolicy(),
+        total_timeout: float = 30.0,
+        attempt_timeout: float = 10.0,
+        max_concurrent: int | None = None,
+        raise_on_exhaustion: bool = False,
+        state: str | Any | None = None,
+        shared: bool = True,
+        on_retry: Hook | None = None,
+        on_give_up: Hook | None = None,
+        on_transition: Hook | None = None,
+        telemetry: Telemetry | bool = True,
+    ) -> None:
+        _check_resilient(total_timeout, attempt_timeout, max_concurrent, retry, breaker)
+        inner = transport if transport is not None else httpx.HTTPTransport()
+        if breaker is not None:
+            inner = CircuitBreakerTransport(
+                inner, policy=breaker, state=state, shared=shared, on_transition=on_transition, telemetry=telemetry
+            )
+        self._transport = RetryTransport(
+            inner,
+            policy=retry if retry is not None else _no_retry(),
+            total_timeout=total_timeout,
+            attempt_timeout=attempt_timeout,
+            raise_on_exhaustion=raise_on_exhaustion,
+            on_retry=on_retry,
+            on_give_up=on_give_up,
+            telemetry=telemetry,
+        )
+        self.total_timeout = total_timeout
+        self.max_concurrent = max_concurrent
+        self._semaphore = threading.BoundedSemaphore(max_concurrent) if max_concurrent is not None else None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        semaphore = self._semaphore
+        if semaphore is None:
+            return self._transport.handle_request(request)
+        started = time.monotonic()
+        wait = _limit_wait(request, self.total_timeout)
+        if not semaphore.acquire(timeout=None if wait == math.inf else wait):
+            raise httpx.PoolTimeout(
+                f"no free slot among max_concurrent={self.max_concurrent} before the call's deadline", request=request
+            )
+        _shrink_total(request, self.total_timeout, time.monotonic() - started)
+        try:
+            response = self._transport.handle_request(request)
+        except BaseException:
+            semaphore.release()
+            raise
+
+        def release(error: BodyError) -> None:
+            semaphore.release()
+
+        response.stream = SyncBody(response.stream, on_close=release)
+        return response
+
+    def close(self) -> None:
+        self._transport.close()
