@@ -10,6 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 from asgi_resilience.cache import Cache, CacheMiddleware, CacheRule, cache  # the decorator `cache` wins
+from asgi_resilience.client import (
+    AsyncCircuitBreakerTransport,
+    AsyncResilientTransport,
+    AsyncRetryTransport,
+    BreakerPolicy,
+    CircuitBreakerTransport,
+    ResilientTransport,
+    RetryBudget,
+    RetryPolicy,
+    RetryTransport,
+    async_resilient_client,
+    resilient_client,
+)
 from asgi_resilience.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -35,9 +48,14 @@ from asgi_resilience.timeout import (  # the decorator `timeout` replaces the su
 )
 
 __all__ = [
+    "AsyncCircuitBreakerTransport",
+    "AsyncResilientTransport",
+    "AsyncRetryTransport",
+    "BreakerPolicy",
     "Cache",
     "CacheMiddleware",
     "CacheRule",
+    "CircuitBreakerTransport",
     "CircuitOpenError",
     "ConcurrencyLimitMiddleware",
     "ConfigurationError",
@@ -51,17 +69,23 @@ __all__ = [
     "ResilienceError",
     "ResilienceStack",
     "ResilientApp",
+    "ResilientTransport",
     "RetriesExhausted",
+    "RetryBudget",
+    "RetryPolicy",
+    "RetryTransport",
     "Rule",
     "StorageError",
     "Telemetry",
     "TimeoutMiddleware",
+    "async_resilient_client",
     "cache",
     "current_deadline",
     "dashboard_app",
     "rate_limit",
     "remaining_time",
     "resilient",
+    "resilient_client",
     "timeout",
 ]
 

@@ -4,6 +4,8 @@
 * :class:`ASGIHarness`: drives an ASGI app with a scripted ``receive`` and records every message
   it sends, so a test can assert the exact message sequence (``TestClient`` hides it).
 * :func:`http_scope`: a well-formed HTTP scope.
+* :func:`set_testing`: no retry backoff sleeps (and optionally fewer attempts) in the httpx
+  transports, as a call or a context manager.
 * :class:`RedisServer`: starts a throw-away ``redis-server`` on a free loopback port and stops it by
   its own process id; it can be killed and restarted on the same port to test outages.
 """
@@ -24,9 +26,10 @@ from typing import Any
 import anyio
 
 from asgi_resilience._clock import ManualClock
+from asgi_resilience.client._config import set_testing
 from asgi_resilience.types import ASGIApp, Message, Scope
 
-__all__ = ["ASGIHarness", "ManualClock", "RedisServer", "free_port", "http_scope"]
+__all__ = ["ASGIHarness", "ManualClock", "RedisServer", "free_port", "http_scope", "set_testing"]
 
 
 def http_scope(
