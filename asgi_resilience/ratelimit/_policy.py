@@ -170,8 +170,8 @@ class Rule:
         self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
         if isinstance(methods, str):
             raise ConfigurationError(f"Rule methods must be a list such as [{methods!r}], not a string")
-        if name is not None and (not isinstance(name, str) or not name or not name.isprintable()):
-            raise ConfigurationError(f"Rule name must be a non-empty printable string, got {name!r}")
+        if name is not None and (not isinstance(name, str) or not name or not (name.isascii() and name.isprintable())):
+            raise ConfigurationError(f"Rule name must be a non-empty printable ASCII string, got {name!r}")
         if name is None:
             name = limit if isinstance(limit, str) else getattr(limit, "__name__", "dynamic")
         self.name: str = name
@@ -245,7 +245,7 @@ def _moving(state: Any, now_ms: int, now_us: int, limit: int, period: int, cost:
         wait = period
     else:
         wait = hits[count + cost - limit - 1] + period - now_ms  # when enough of the oldest hits expire
-    reset_ms = hits[0] + period - now_ms
+    reset_ms = hits[0] + period - now_ms if hits else wait
     return Decision(False, limit, max(0, limit - count), reset_ms / 1000, wait / 1000), None, period
 
 
@@ -278,7 +278,7 @@ def decide(strategy: str, state: Any, now: float, limit: int, period_ms: int, co
 
     ``now`` is in seconds (any epoch, as long as it only moves forward for one key).
     """
-    now_us = int(now * 1_000_000)
+    now_us = round(now * 1_000_000)
     return _STRATEGY_FUNCTIONS[strategy](state, now_us // 1000, now_us, limit, period_ms, cost)
 
 

@@ -73,7 +73,7 @@ class MemoryStorage(RateLimitStorage):
     def hit_now(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
         """The synchronous decision (what :meth:`hit` awaits)."""
         decide = strategy_function(strategy)
-        now_us = int(self._clock() * 1_000_000)
+        now_us = round(self._clock() * 1_000_000)
         now_ms = now_us // 1000
         data = self._data
         outcomes = []
@@ -159,7 +159,7 @@ class RedisStorage(RateLimitStorage):
 
     async def hit(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
         strategy_function(strategy)  # validates
-        now = "" if self._clock is None else str(int(self._clock() * 1_000_000))
+        now = "" if self._clock is None else str(round(self._clock() * 1_000_000))
         if not self._cluster:
             return await self._call(strategy, now, checks)
         groups: dict[str, list[int]] = {}

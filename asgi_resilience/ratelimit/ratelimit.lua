@@ -112,9 +112,12 @@ for i = 1, n do
         local idx = count + cost - limit - 1
         wait = tonumber(redis.call("ZRANGE", key, idx, idx, "WITHSCORES")[2]) + period - now_ms
       end
-      local oldest = tonumber(redis.call("ZRANGE", key, 0, 0, "WITHSCORES")[2])
       retry_us = wait * 1000
-      reset_us = (oldest + period - now_ms) * 1000
+      reset_us = retry_us
+      if count > 0 then
+        local oldest = tonumber(redis.call("ZRANGE", key, 0, 0, "WITHSCORES")[2])
+        reset_us = (oldest + period - now_ms) * 1000
+      end
     end
 
   elseif strategy == "gcra" then
