@@ -309,18 +309,19 @@ class CacheMiddleware:
             f = freshness(entry, now)
             if usable_fresh(f, directives):
                 self._count("hit")
-                await self._serve(req, send, entry, cache_status(hit=True, ttl=f.ttl))
+                await self._serve(req, send, entry, hit=True)
                 return
             stale_for = -f.ttl
             if (
                 not f.fresh
                 and not directives.no_cache
                 and not entry.must_revalidate
+                and entry.swr > 0
                 and stale_for <= entry.swr
                 and (directives.max_age is None or f.age <= directives.max_age)
             ):
                 self._count("stale")
-                await self._serve(req, send, entry, cache_status(hit=True, fwd="stale", ttl=f.ttl))
+                await self._serve(req, send, entry, hit=True, fwd="stale")
                 await self._refresh(req, entry)
                 return
         if directives.only_if_cached:
@@ -353,9 +354,21 @@ class CacheMiddleware:
 
     # --- serving stored responses ----------------------------------------------------------------------
 
-    async def _serve(self, req: _Request, send: Send, entry: Entry, status_value: bytes) -> None:
-        age = freshness(entry, self._clock()).age
-        extra = [(b"age", str(min(int(age), 2**31)).encode()), (b"cache-status", status_value)]
+    async def _serve(
+        self,
+        req: _Request,
+        send: Send,
+        entry: Entry,
+        *,
+        hit: bool = False,
+        fwd: str | None = None,
+        fwd_status: int | None = None,
+        collapsed: bool = False,
+        detail: str | None = None,
+    ) -> None:
+        f = freshness(entry, self._clock())
+        status_value = cache_status(hit=hit, fwd=fwd, fwd_status=fwd_status, ttl=f.ttl, collapsed=collapsed, detail=detail)
+        extra = [(b"age", str(min(int(f.age), 2**31)).encode()), (b"cache-status", status_value)]
         if req.method in ("GET", "HEAD") and client_conditional_matches(req.headers, entry):
             headers = [*not_modified_headers(entry), *extra]
             await send({"type": "http.response.start", "status": 304, "headers": headers})
@@ -378,11 +391,11 @@ class CacheMiddleware:
             shared = flight.entry
             if shared is not None and self._shareable(shared, req):
                 self._count("hit")
-                await self._serve(req, send, shared, cache_status(fwd="miss", collapsed=True))
+                await self._serve(req, send, shared, fwd="miss", collapsed=True)
                 return
             if timed_out and stale is not None and self._grace_allows(stale):
                 self._count("stale")
-                await self._serve(req, send, stale, cache_status(hit=True, fwd="stale", detail="lock-timeout"))
+                await self._serve(req, send, stale, hit=True, fwd="stale", detail="lock-timeout")
                 return
             await self._forward(req, receive, send, stale, None)
             return
@@ -422,7 +435,7 @@ class CacheMiddleware:
                     if f.fresh:
                         flight.entry = value
                         self._count("hit")
-                        await self._serve(req, send, value, cache_status(fwd="miss", collapsed=True))
+                        await self._serve(req, send, value, fwd="miss", collapsed=True)
                         return True
         return False
 
@@ -438,7 +451,7 @@ class CacheMiddleware:
             return False
         f = freshness(stale, self._clock())
         window = stale.sie if error else max(stale.swr, stale.sie)
-        return -f.ttl <= window
+        return window > 0 and -f.ttl <= window
 
     async def _refresh(self, req: _Request, stale: Entry) -> None:
         """stale-while-revalidate: after the stale response went out, revalidate once per key."""
@@ -578,14 +591,14 @@ class CacheMiddleware:
             if stale is not None and sie_allowed and (not started or mode == "error"):
                 self._count("stale")
                 if not silent:
-                    await self._serve(req, send, stale, cache_status(hit=True, fwd="stale", detail="error"))
+                    await self._serve(req, send, stale, hit=True, fwd="stale", detail="error")
                 return
             raise
         if mode == "update" and stale is not None:
             updated = update_from_304(stale, upstream_headers, request_time, response_time, req.rule)
             self._count("hit")
             if not silent:
-                await self._serve(req, send, updated, cache_status(hit=True, fwd="stale", fwd_status=304))
+                await self._serve(req, send, updated, hit=True, fwd="stale", fwd_status=304)
             if flight is not None:
                 flight.entry = updated
             await self._store(req, updated)
@@ -593,12 +606,12 @@ class CacheMiddleware:
         if mode == "error" and stale is not None:
             self._count("stale")
             if not silent:
-                await self._serve(req, send, stale, cache_status(hit=True, fwd="stale", fwd_status=upstream_status))
+                await self._serve(req, send, stale, hit=True, fwd="stale", fwd_status=upstream_status)
             return
         if not started and stale is not None and sie_allowed:
             self._count("stale")
             if not silent:
-                await self._serve(req, send, stale, cache_status(hit=True, fwd="stale", detail="no-response"))
+                await self._serve(req, send, stale, hit=True, fwd="stale", detail="no-response")
             return
         self._count("miss")
         if entry is not None and finished:

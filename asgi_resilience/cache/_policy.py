@@ -358,7 +358,8 @@ class Entry:
 
     def storage_ttl(self) -> float:
         """How long the backend keeps the entry: fresh time plus stale grace and a revalidation window."""
-        keep = max(self.lifetime, 60.0) if (self.etag and not self.etag_generated) or self.last_modified else 0.0
+        validator = (self.etag and not self.etag_generated) or self.last_modified
+        keep = max(self.lifetime, 60.0) if validator else 60.0  # room for max-stale and revalidation
         return max(1.0, min(self.lifetime + max(self.swr, self.sie, keep) - self.initial_age, _MAX_SECONDS))
 
 
