@@ -110,9 +110,12 @@ def _rate_limit_options(value: Any) -> dict[str, Any]:
 def _cache_options(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return {"backend": value}
+    cache_cls = getattr(importlib.import_module("asgi_resilience.cache"), "Cache", None)
+    if cache_cls is not None and isinstance(value, cache_cls):
+        return {"cache": value}
     raise ConfigurationError(
-        f"cache must be a dict of CacheMiddleware options, a backend URL such as 'memory://', True or False; "
-        f"got {value!r}"
+        f"cache must be a dict of CacheMiddleware options, a Cache object, a backend URL such as 'memory://', "
+        f"True or False; got {value!r}"
     )
 
 
@@ -192,7 +195,8 @@ class ResilienceStack:
 
     * ``rate_limit``: a ``Rule``, a list of Rules, or a rate string (``"100/minute"``: one rule per
       client IP);
-    * ``cache``: a backend URL (``"memory://"``, ``"redis://..."``);
+    * ``cache``: a backend URL (``"memory://"``, ``"redis://..."``) or a shared ``Cache`` object (to
+      call ``purge``/``purge_tags`` from the app);
     * ``timeout``: seconds (``float`` or ``timedelta``);
     * ``concurrency``: the maximum number of concurrent requests.
 
@@ -240,7 +244,12 @@ class ResilienceStack:
             spec = _SPECS[name]
             cls = _load_class(spec)
             _check_keywords(name, cls, options)
-            if spec.storage_option is not None and self.redis is not None and spec.storage_option not in options:
+            if (
+                spec.storage_option is not None
+                and self.redis is not None
+                and spec.storage_option not in options
+                and "cache" not in options  # a shared Cache object brings its own backend
+            ):
                 options[spec.storage_option] = self.redis
             self._layers.append((name, cls, options))
         self._check_combination()

@@ -228,3 +228,152 @@ async def test_problems_layer_is_real_and_maps_exceptions() -> None:
     harness = await ASGIHarness().run(app, http_scope())
     assert harness.status == 404
     assert harness.header("content-type") == "application/problem+json"
+
+
+# --- the real layers --------------------------------------------------------------------------------------------
+
+
+def counting_app(calls: dict[str, int], *, slow: dict[str, float] | None = None) -> ASGIApp:
+    """Cacheable for 60 s; counts calls per path; sleeps ``slow[path]`` seconds when asked."""
+    import anyio
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        calls[path] = calls.get(path, 0) + 1
+        if slow and path in slow:
+            await anyio.sleep(slow[path])
+        if path == "/boom":
+            raise RuntimeError("secret detail")
+        headers = [(b"content-type", b"text/plain"), (b"cache-control", b"public, max-age=60, stale-if-error=600")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": f"{path} #{calls[path]}".encode()})
+
+    return app
+
+
+async def test_cached_responses_still_count_against_the_rate_limit() -> None:
+    calls: dict[str, int] = {}
+    app = resilient(counting_app(calls), rate_limit="3/minute", cache=True, telemetry=Telemetry())
+    statuses = []
+    for _ in range(4):
+        harness = await ASGIHarness().run(app, http_scope(path="/item"))
+        statuses.append(harness.status)
+    assert statuses == [200, 200, 200, 429]
+    assert calls == {"/item": 1}  # two of the three admitted requests were cache hits
+    assert harness.header("content-type") == "application/problem+json"
+    assert harness.json()["status"] == 429
+    assert int(harness.header("retry-after") or 0) >= 1
+
+
+async def test_stale_if_error_answers_for_a_timed_out_app() -> None:
+    from asgi_resilience.testing import ManualClock
+
+    clock = ManualClock(1_000_000.0)
+    calls: dict[str, int] = {}
+    slow: dict[str, float] = {}
+    app = resilient(
+        counting_app(calls, slow=slow),
+        cache={"clock": clock},
+        timeout=0.2,
+        telemetry=Telemetry(),
+    )
+    first = await ASGIHarness().run(app, http_scope(path="/report"))
+    assert first.status == 200 and first.body == b"/report #1"
+    clock.advance(120)  # stale now, but within stale-if-error
+    slow["/report"] = 5.0  # the app now takes longer than the timeout
+    second = await ASGIHarness().run(app, http_scope(path="/report"))
+    assert second.status == 200
+    assert second.body == b"/report #1"  # the stored response answered for the 504
+    assert calls["/report"] == 2
+
+
+async def test_cache_hits_take_no_concurrency_slot() -> None:
+    import anyio
+
+    calls: dict[str, int] = {}
+    app = resilient(
+        counting_app(calls, slow={"/slow": 0.5}),
+        cache=True,
+        concurrency={"max_concurrent": 1, "max_queue": 0},
+        telemetry=Telemetry(),
+    )
+    assert (await ASGIHarness().run(app, http_scope(path="/cached"))).status == 200  # now stored
+    results: dict[str, int] = {}
+
+    async def hit(path: str) -> None:
+        results[path] = (await ASGIHarness().run(app, http_scope(path=path))).status
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(hit, "/slow")  # holds the only slot for 0.5 s
+        await anyio.sleep(0.1)
+        await hit("/cached")  # served by the cache, outside the limiter
+        await hit("/other")  # needs the app: shed
+    assert results == {"/slow": 200, "/cached": 200, "/other": 503}
+    assert calls == {"/cached": 1, "/slow": 1}
+
+
+async def test_exceptions_of_the_app_become_problems_outermost() -> None:
+    calls: dict[str, int] = {}
+    app = resilient(counting_app(calls), rate_limit="10/minute", cache=True, timeout=1.0, concurrency=4)
+    harness = await ASGIHarness().run(app, http_scope(path="/boom"))
+    assert harness.status == 500
+    assert harness.header("content-type") == "application/problem+json"
+    assert b"secret" not in harness.body
+
+
+async def test_in_starlette_error_problems_still_pass_through_every_layer() -> None:
+    """ProblemDetailsMiddleware answers from inside Starlette, so the limiter's headers reach the 500 too."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("secret detail")
+
+    app = resilient(Starlette(routes=[Route("/boom", boom)]), rate_limit="10/minute", timeout=1.0, concurrency=4)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "secret" not in response.text
+    assert "ratelimit-policy" in response.headers
+
+
+def test_real_layers_reject_unknown_options_and_take_a_cache_object() -> None:
+    from asgi_resilience import Cache
+
+    with pytest.raises(ConfigurationError, match="RateLimitMiddleware has no option 'rule'"):
+        ResilienceStack(rate_limit={"rule": "1/second"})
+    shared = Cache()
+    stack = ResilienceStack(cache=shared, redis="redis://127.0.0.1:1/0")
+    assert stack.options("cache") == {"cache": shared}  # the Cache brings its own backend
+    with pytest.raises(ConfigurationError, match="queue_timeout"):
+        resilient(hello, timeout=0.5, concurrency={"max_concurrent": 2, "queue_timeout": 2.0})
+
+
+@pytest.mark.redis
+async def test_one_redis_client_serves_the_limiter_and_the_cache(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    calls: dict[str, int] = {}
+    app = resilient(counting_app(calls), rate_limit="5/minute", cache=True, redis=redis_url, telemetry=Telemetry())
+    client = app.stack.redis
+    assert isinstance(client, aioredis.Redis)
+    assert app.stack.options("rate_limit")["storage"] is client
+    assert app.stack.options("cache")["backend"] is client
+    for _ in range(3):
+        assert (await ASGIHarness().run(app, http_scope(path="/shared"))).status == 200
+    assert calls == {"/shared": 1}
+    keys = [key.decode() async for key in client.scan_iter()]
+    assert any("cache" in key for key in keys), keys
+    assert len(keys) >= 2, keys  # limiter counters and cache entries, in the same Redis
+    # a second app (another worker) sharing Redis sees the same limit and the same cache
+    other = resilient(counting_app(calls), rate_limit="5/minute", cache=True, redis=redis_url, telemetry=Telemetry())
+    statuses = [(await ASGIHarness().run(other, http_scope(path="/shared"))).status for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert calls == {"/shared": 1}
+    await app.stack.aclose()
+    await other.stack.aclose()
