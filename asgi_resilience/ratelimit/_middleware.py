@@ -62,9 +62,12 @@ def rate_limit(
     def decorate(endpoint: T) -> T:
         marks = getattr(endpoint, ATTRIBUTE, None)
         existing: tuple[Rule, ...] = tuple(marks.get(_CONCERN, ())) if isinstance(marks, dict) else ()
-        base = name or getattr(endpoint, "__qualname__", None) or type(endpoint).__qualname__
+        base = name or getattr(endpoint, "__name__", None) or type(endpoint).__name__
         rule_name = base if not existing or name else f"{base}#{len(existing) + 1}"
         rule = Rule(limit, key=key, methods=methods, cost=cost, name=rule_name, shadow=shadow)
+        where = getattr(endpoint, "__module__", None) or type(endpoint).__module__
+        qualname = getattr(endpoint, "__qualname__", None) or type(endpoint).__qualname__
+        rule.counter = f"{where}.{qualname}#{len(existing) + 1}"  # endpoints never share a counter
         return mark_endpoint(endpoint, _CONCERN, (*existing, rule))
 
     return decorate
@@ -319,7 +322,9 @@ class RateLimitMiddleware:
                     raise ValueError(f"rule {rule.name!r}: cost callable returned {cost!r}, expected an int >= 0")
             enforce = not (global_shadow or rule.shadow)
             for nth, limit in enumerate(limits):
-                checks.append(Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce))
+                checks.append(
+                    Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce, rule.counter)
+                )
         return checks
 
     def _check_rule_limits(self, rule: Rule, limits: Sequence[Any]) -> None:

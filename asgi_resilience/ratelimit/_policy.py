@@ -129,7 +129,7 @@ class Rule:
         shadow: decide and count, but never reject (dark launch).
     """
 
-    __slots__ = ("_path_regex", "cost", "key", "limit", "limits", "methods", "name", "path", "shadow")
+    __slots__ = ("_path_regex", "cost", "counter", "key", "limit", "limits", "methods", "name", "path", "shadow")
 
     def __init__(
         self,
@@ -175,6 +175,7 @@ class Rule:
         if name is None:
             name = limit if isinstance(limit, str) else getattr(limit, "__name__", "dynamic")
         self.name: str = name
+        self.counter = name  # what the storage keys use (decorated endpoints add their module path)
         self.shadow = bool(shadow)
 
     def __repr__(self) -> str:

@@ -34,6 +34,7 @@ class Check(NamedTuple):
     period_ms: int
     cost: int
     enforce: bool
+    counter: str = ""  # the counter's identity when it differs from ``rule`` (decorated endpoints)
 
 
 class RateLimitStorage(ABC):
@@ -79,7 +80,7 @@ class MemoryStorage(RateLimitStorage):
         outcomes = []
         admitted = True
         for check in checks:
-            key = (check.rule, check.nth, check.partition)
+            key = (check.counter or check.rule, check.nth, check.partition)
             entry = data.get(key)
             state = entry[0] if entry is not None and entry[1] > now_ms else None
             decision, new_state, ttl = decide(state, now_ms, now_us, check.limit, check.period_ms, check.cost)
@@ -155,7 +156,7 @@ class RedisStorage(RateLimitStorage):
         self._cluster = _is_cluster(self.client)
 
     def key(self, check: Check) -> str:
-        return f"{self.prefix}:{{{_tag(check.partition)}}}:{check.rule}:{check.nth}"
+        return f"{self.prefix}:{{{_tag(check.partition)}}}:{check.counter or check.rule}:{check.nth}"
 
     async def hit(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
         strategy_function(strategy)  # validates
