@@ -484,7 +484,8 @@ class Call:
         total = extensions.get("total_timeout", core.total_timeout)
         self.attempt_timeout = extensions.get("attempt_timeout", core.attempt_timeout)
         if total is not core.total_timeout or self.attempt_timeout is not core.attempt_timeout:
-            check_timeouts(total, self.attempt_timeout)
+            check_timeouts(total, None)  # per request, an attempt is simply cut at the deadline
+            check_timeouts(None, self.attempt_timeout)
         now = time.monotonic()
         inbound = remaining_time()
         limits = [t for t in (total, inbound) if t is not None]
