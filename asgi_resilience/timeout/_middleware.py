@@ -29,14 +29,13 @@ from typing import Literal
 
 import anyio
 import anyio.lowlevel
-import sniffio
 
 from asgi_resilience._asgi import get_header, send_error
 from asgi_resilience._proxy import TrustedProxies
 from asgi_resilience._routing import EndpointOptions
 from asgi_resilience.errors import ConfigurationError, DeadlineExceeded
 from asgi_resilience.observability import Telemetry, resolve_telemetry
-from asgi_resilience.timeout._deadline import _DEADLINE, deadline_scope
+from asgi_resilience.timeout._deadline import _DEADLINE
 from asgi_resilience.timeout._headers import _PARSERS, DEADLINE_HEADERS, client_timeout
 from asgi_resilience.timeout._rules import PathRules, TimeoutMark, seconds
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
@@ -162,13 +161,23 @@ class TimeoutMiddleware:
 
 
 class _TimedRequest:
-    """The state of one timed request (never shared between requests)."""
+    """The state of one timed request (never shared between requests).
+
+    On asyncio the deadline is our own loop timer that cancels the anyio cancel scope (one timer per
+    request; the fallback timer is armed only when the deadline fires). On other backends (trio)
+    the cancel scope's own deadline is used and there is no fallback.
+    """
 
     __slots__ = (
+        "_fallback",
         "_fallback_task",
+        "_handle",
+        "_idle_fired",
+        "_loop",
         "_mw",
         "_outer",
         "_send",
+        "_stopped",
         "cancel_scope",
         "done",
         "finished",
@@ -186,25 +195,62 @@ class _TimedRequest:
         self.finished = False
         self.responded = False  # the fallback task answered for an app that ignored its cancellation
         self.done = False
+        self._idle_fired = False
+        self._stopped = False
         self._fallback_task: asyncio.Task[None] | None = None
+        self._fallback: asyncio.TimerHandle | None = None
+        self._handle: asyncio.TimerHandle | None = None
         self._outer: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.loop_deadline = math.inf
         self.cancel_scope = anyio.CancelScope()
 
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else anyio.current_time()
+
+    def _set_deadline(self, when: float, *, idle: bool = False) -> None:
+        """Move the moment the app is cancelled (loop clock); ``math.inf`` stops the clock."""
+        self._idle_fired = idle
+        self._stopped = when == math.inf
+        loop = self._loop
+        if loop is None:
+            self.cancel_scope.deadline = when
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if when != math.inf:
+            self._handle = loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._handle = None
+        self.cancel_scope.cancel()
+        if not self.started and self._loop is not None:
+            self._fallback = self._loop.call_later(_FALLBACK_GRACE, self._fire)
+
     async def run(self, scope: Scope, receive: Receive) -> None:
         mw = self._mw
-        self.loop_deadline = anyio.current_time() + self.limit
-        self._outer = _DEADLINE.get()
-        cancel_scope = self.cancel_scope
-        cancel_scope.deadline = self.loop_deadline
-        fallback = self._arm_fallback()
         try:
-            with cancel_scope, deadline_scope(time.monotonic() + self.limit):
+            self._loop = asyncio.get_running_loop()  # None under trio: the cancel scope keeps the time
+        except RuntimeError:
+            self._loop = None
+        now = self._now()
+        self.loop_deadline = now + self.limit
+        outer = self._outer = _DEADLINE.get()
+        deadline = time.monotonic() + self.limit
+        token = _DEADLINE.set(deadline if outer is None or deadline < outer else outer)
+        cancel_scope = self.cancel_scope
+        try:
+            with cancel_scope:
+                self._set_deadline(self.loop_deadline)
                 await mw.app(scope, receive, self.send)
         finally:
+            _DEADLINE.reset(token)
             self.done = True
-            if fallback is not None:
-                fallback.cancel()
+            if self._handle is not None:
+                self._handle.cancel()
+            if self._fallback is not None:
+                self._fallback.cancel()
         if self._fallback_task is not None:
             await self._fallback_task
             return
@@ -217,12 +263,8 @@ class _TimedRequest:
             return
         mw._timeouts.add(1, {"phase": "after_start"})
         mw._telemetry.span_event("asgi_resilience.timeout", {"phase": "after_start"})
-        raise DeadlineExceeded(f"the response did not complete within its {self._describe()}; the stream was aborted")
-
-    def _describe(self) -> str:
-        if self.started and self._mw.idle_timeout is not None and self.loop_deadline > self.cancel_scope.deadline:
-            return f"idle timeout of {self._mw.idle_timeout:g} s"
-        return f"timeout of {self.limit:g} s"
+        what = f"idle timeout of {mw.idle_timeout:g} s" if self._idle_fired else f"timeout of {self.limit:g} s"
+        raise DeadlineExceeded(f"the response did not complete within its {what}; the stream was aborted")
 
     async def _answer(self) -> None:
         exc = DeadlineExceeded(f"The request did not complete within {self.limit:g} seconds.")
@@ -234,24 +276,20 @@ class _TimedRequest:
         except OSError:
             pass  # the client is gone (ASGI spec >= 2.4 servers raise on send): nobody to tell
 
-    def _arm_fallback(self) -> asyncio.TimerHandle | None:
-        try:
-            if sniffio.current_async_library() != "asyncio":
-                return None
-        except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover - always inside an event loop
-            return None
-        return asyncio.get_running_loop().call_at(self.loop_deadline + _FALLBACK_GRACE, self._fire)
-
     def _fire(self) -> None:
         """The app ignored its cancellation (a thread, a shielded wait): answer for it now."""
-        if self.started or self.done or self.responded:
+        self._fallback = None
+        if self.started or self.done or self.responded or self._loop is None:
             return
         self.responded = True
         self._mw._timeouts.add(1, {"phase": "before_start"})
-        self._fallback_task = asyncio.get_running_loop().create_task(self._answer())
+        self._fallback_task = self._loop.create_task(self._answer())
 
     def _stop_clock(self) -> None:
-        self.cancel_scope.deadline = math.inf
+        if self._stopped:
+            return
+        self._stopped = True
+        self._set_deadline(math.inf)
         if self._outer != _DEADLINE.get():
             _DEADLINE.set(self._outer)
 
@@ -261,7 +299,7 @@ class _TimedRequest:
         kind = message["type"]
         cancel_scope = self.cancel_scope
         if kind == "http.response.start":
-            if cancel_scope.cancel_called or anyio.current_time() >= self.loop_deadline:
+            if cancel_scope.cancel_called or self._now() >= self.loop_deadline:
                 cancel_scope.cancel()
                 await anyio.lowlevel.checkpoint()  # raises the cancellation: too late for this response
             self.started = True
@@ -270,10 +308,10 @@ class _TimedRequest:
                 if idle is None:
                     self._stop_clock()
                 else:
-                    cancel_scope.deadline = anyio.current_time() + idle
+                    self._set_deadline(self._now() + idle, idle=True)
                     _DEADLINE.set(self._outer)
             elif idle is not None:
-                cancel_scope.deadline = min(self.loop_deadline, anyio.current_time() + idle)
+                self._arm_idle(idle)
         elif kind == "http.response.body":
             if cancel_scope.cancel_called:
                 await anyio.lowlevel.checkpoint()
@@ -282,6 +320,12 @@ class _TimedRequest:
                     self.finished = True
                     self._stop_clock()
             elif self._mw.idle_timeout is not None:
-                limit = self.loop_deadline if self._mw.mode == "complete" else math.inf
-                cancel_scope.deadline = min(limit, anyio.current_time() + self._mw.idle_timeout)
+                self._arm_idle(self._mw.idle_timeout)
         await self._send(message)
+
+    def _arm_idle(self, idle: float) -> None:
+        idle_deadline = self._now() + idle
+        if self._mw.mode == "complete" and self.loop_deadline <= idle_deadline:
+            self._set_deadline(self.loop_deadline)
+        else:
+            self._set_deadline(idle_deadline, idle=True)

@@ -402,3 +402,26 @@ async def test_client_gone_before_the_504_is_not_an_error() -> None:
 
     h = ASGIHarness()
     await TimeoutMiddleware(app, timeout=0.02)(http_scope(), h.receive, gone)
+
+
+def test_trio_backend_cancels_answers_and_lets_outer_cancellation_through() -> None:
+    """Same behaviour on trio, where the cancel scope's own deadline keeps the time."""
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await anyio.sleep(5)
+        finally:
+            events.append("finally")
+
+    async def main() -> tuple[ASGIHarness, ASGIHarness, bool]:
+        timed = await ASGIHarness().run(TimeoutMiddleware(app, timeout=0.05))
+        outer_run = ASGIHarness()
+        with anyio.move_on_after(0.05) as outer:
+            await outer_run.run(TimeoutMiddleware(app, timeout=1.0))
+        return timed, outer_run, outer.cancelled_caught
+
+    timed, outer_run, caught = anyio.run(main, backend="trio")
+    assert timed.types == [START, BODY] and timed.status == 504
+    assert outer_run.messages == [] and caught
+    assert events == ["finally", "finally"]
