@@ -1,0 +1,41 @@
+"""``python -m asgi_resilience.demo [--redis URL] [--port N]``: run the demo under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from asgi_resilience._optional import import_optional
+from asgi_resilience.demo._app import build_demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m asgi_resilience.demo",
+        description="A small API behind the full asgi-resilience stack, with a live dashboard.",
+    )
+    parser.add_argument("--redis", metavar="URL", help="share limits and cache through Redis (redis://host:6379/0)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--no-traffic", action="store_true", help="no background traffic for the dashboard")
+    args = parser.parse_args(argv)
+    uvicorn = import_optional("uvicorn", extra="demo", feature="The demo")
+    demo = build_demo(redis=args.redis, traffic=not args.no_traffic)
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    storage = f"Redis at {args.redis}" if args.redis else "in memory"
+    print(
+        f"asgi-resilience demo ({storage})\n"
+        f"  API:        {base}/\n"
+        f"  dashboard:  {base}/_resilience/   (loopback clients only)\n"
+        f"  open the breaker: curl '{base}/chaos?failure_rate=1'   heal it: curl '{base}/chaos?failure_rate=0'\n"
+        f"  see a 429:  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/hello; done; echo\n"
+        f"  see a 504:  curl -i '{base}/slow?seconds=3'\n"
+        "Press Ctrl+C to stop.",
+        flush=True,
+    )
+    uvicorn.run(demo.app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""A Litestar app behind the full stack (pure ASGI middlewares work with any ASGI framework).
+
+pip install 'asgi-resilience[demo]' litestar && python examples/litestar_app.py
+for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:8000/items/1; done; echo
+curl -i http://127.0.0.1:8000/slow              # 504 application/problem+json after 2 s
+open http://127.0.0.1:8000/_resilience/        # the live dashboard (loopback only)
+"""
+
+import asyncio
+
+from litestar import Litestar, asgi, get
+
+from asgi_resilience import ResilienceStack, Rule, dashboard_app
+
+stack = ResilienceStack(
+    rate_limit={"rules": [Rule("5/minute", path="/items/*", name="items")]},
+    cache=True,
+    timeout={"timeout": 2.0},
+    concurrency=50,
+)
+
+# Mounted inside the Litestar app, the dashboard is still outside the stack's rate limit rule above.
+dashboard = asgi("/_resilience", is_mount=True)(dashboard_app(stack, allow_unauthenticated=True))
+
+
+@get("/items/{item_id:int}")
+async def item(item_id: int) -> dict[str, object]:
+    await asyncio.sleep(0.05)
+    return {"id": item_id, "name": f"item {item_id}"}
+
+
+@get("/slow")
+async def slow() -> str:
+    await asyncio.sleep(10)
+    return "too late"
+
+
+app = stack.wrap(Litestar(route_handlers=[item, slow, dashboard]))
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=8000)
