@@ -216,7 +216,11 @@ class ConcurrencyLimitMiddleware:
             self._active.add(1, pool.attributes)
         elif not await self._wait(pool):
             try:
-                await send_error(send, Overloaded(_SHED_MESSAGE, retry_after=self.retry_after))
+                await send_error(
+                    send,
+                    Overloaded(_SHED_MESSAGE, retry_after=self.retry_after),
+                    head=scope.get("method") == "HEAD",
+                )
             except OSError:
                 pass  # the client is gone
             return
@@ -300,7 +304,7 @@ class _Slot:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
-        elif kind == "http.response.body" and not message.get("more_body", False):
+        elif (kind == "http.response.body" and not message.get("more_body", False)) or kind == "http.response.pathsend":
             try:
                 await self._send(message)
             finally:

@@ -157,7 +157,7 @@ class TimeoutMiddleware:
         hint = self._client_limit(scope)
         if hint is not None and hint < limit:
             limit = hint
-        await _TimedRequest(self, send, limit).run(scope, receive)
+        await _TimedRequest(self, send, limit, scope.get("method") == "HEAD").run(scope, receive)
 
 
 class _TimedRequest:
@@ -172,6 +172,7 @@ class _TimedRequest:
         "_fallback",
         "_fallback_task",
         "_handle",
+        "_head",
         "_idle_fired",
         "_loop",
         "_mw",
@@ -187,8 +188,9 @@ class _TimedRequest:
         "started",
     )
 
-    def __init__(self, mw: TimeoutMiddleware, send: Send, limit: float) -> None:
+    def __init__(self, mw: TimeoutMiddleware, send: Send, limit: float, head: bool = False) -> None:
         self._mw = mw
+        self._head = head
         self._send = send
         self.limit = limit
         self.started = False
@@ -272,7 +274,7 @@ class _TimedRequest:
             exc.status = 503
             exc.title = "Service Unavailable"
         try:
-            await send_error(self._send, exc)
+            await send_error(self._send, exc, head=self._head)
         except OSError:
             pass  # the client is gone (ASGI spec >= 2.4 servers raise on send): nobody to tell
 
@@ -312,7 +314,7 @@ class _TimedRequest:
                     _DEADLINE.set(self._outer)
             elif idle is not None:
                 self._arm_idle(idle)
-        elif kind == "http.response.body":
+        elif kind == "http.response.body" or kind == "http.response.pathsend":
             if cancel_scope.cancel_called:
                 await anyio.lowlevel.checkpoint()
             if not message.get("more_body", False):

@@ -348,3 +348,26 @@ async def test_raising_the_limit_admits_waiters() -> None:
         await wait_until(lambda: gate.calls == 2)
         gate.release.set()
     assert mw.snapshot()["in_use"] == 0
+
+
+async def test_head_request_is_shed_without_a_body_and_pathsend_releases_the_slot() -> None:
+    gate = Gate()
+    released: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/file":
+            await send({"type": START, "status": 200, "headers": []})
+            await send({"type": "http.response.pathsend", "path": "/tmp/file"})
+            released.append(mw.snapshot()["in_use"])
+            return
+        await gate(scope, receive, send)
+
+    mw = ConcurrencyLimitMiddleware(app, max_concurrent=1)
+    await ASGIHarness().run(mw, http_scope(path="/file"))
+    assert released == [0]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ASGIHarness().run, mw, http_scope())
+        await wait_until(lambda: gate.calls == 1)
+        shed = await ASGIHarness().run(mw, http_scope("HEAD"))
+        assert shed.status == 503 and shed.body == b"" and shed.header("retry-after") == "1"
+        gate.release.set()

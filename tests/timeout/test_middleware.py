@@ -425,3 +425,27 @@ def test_trio_backend_cancels_answers_and_lets_outer_cancellation_through() -> N
     assert timed.types == [START, BODY] and timed.status == 504
     assert outer_run.messages == [] and caught
     assert events == ["finally", "finally"]
+
+
+async def test_head_request_gets_a_504_without_a_body() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.sleep(5)
+
+    h = await ASGIHarness().run(TimeoutMiddleware(app, timeout=0.02), http_scope("HEAD"))
+    assert h.types == [START, BODY]
+    assert h.status == 504 and h.body == b""
+    assert int(h.header("content-length") or 0) > 0  # the length of the body a GET would have had
+
+
+async def test_pathsend_is_a_final_message_that_stops_the_clock() -> None:
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": START, "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": "/tmp/file"})
+        await anyio.sleep(0.1)
+        events.append("after")
+
+    h = await ASGIHarness().run(TimeoutMiddleware(app, timeout=0.03, mode="complete"))
+    assert h.types == [START, "http.response.pathsend"]
+    assert events == ["after"]
