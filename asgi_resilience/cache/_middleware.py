@@ -367,7 +367,9 @@ class CacheMiddleware:
         detail: str | None = None,
     ) -> None:
         f = freshness(entry, self._clock())
-        status_value = cache_status(hit=hit, fwd=fwd, fwd_status=fwd_status, ttl=f.ttl, collapsed=collapsed, detail=detail)
+        status_value = cache_status(
+            hit=hit, fwd=fwd, fwd_status=fwd_status, ttl=f.ttl, collapsed=collapsed, detail=detail
+        )
         extra = [(b"age", str(min(int(f.age), 2**31)).encode()), (b"cache-status", status_value)]
         if req.method in ("GET", "HEAD") and client_conditional_matches(req.headers, entry):
             headers = [*not_modified_headers(entry), *extra]

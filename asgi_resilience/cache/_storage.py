@@ -423,11 +423,14 @@ class RedisStore(Store):
 
     async def _listen(self, callback: Callable[[list[str]], None]) -> None:
         """Deliver invalidations; after any outage the whole L1 is dropped (messages may be lost)."""
+        first = True
         while True:
             pubsub = self._r.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                callback(["*"])  # subscribed (again): anything published while we were away is lost
+                if not first:
+                    callback(["*"])  # subscribed again: anything published while we were away is lost
+                first = False
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None or message.get("type") != "message":

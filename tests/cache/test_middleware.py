@@ -628,7 +628,12 @@ async def test_streaming_passes_through_unbuffered_and_over_max_body_size_is_not
 
     await mw(http_scope(), h.receive, recording_send)
     # each chunk reaches the client before the app produces the next one
-    assert order[:4] == ["app:http.response.start", "client:http.response.start", "app:http.response.body", "client:http.response.body"]
+    assert order[:4] == [
+        "app:http.response.start",
+        "client:http.response.start",
+        "app:http.response.body",
+        "client:http.response.body",
+    ]
     assert [m["body"] for m in body_messages(h)] == chunks
     assert status_of(h) == "asgi-resilience; fwd=miss; stored"  # unknown length: decided while streaming
     await get(mw)
