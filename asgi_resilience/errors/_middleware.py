@@ -76,8 +76,28 @@ def _from_resilience_error(exc: Exception, debug: bool) -> ProblemDetails:
     return from_error(exc, debug=debug) if isinstance(exc, ResilienceError) else internal_error(exc, debug=debug)
 
 
+def _from_upstream_timeout(exc: Exception, debug: bool) -> ProblemDetails:
+    # An outbound call that ran out of time while serving the request: the request's gateway timed out.
+    return ProblemDetails(
+        status=504, type="upstream-timeout", title="Upstream timed out", detail=str(exc) if debug else None
+    )
+
+
+def _from_upstream_error(exc: Exception, debug: bool) -> ProblemDetails:
+    # Never the upstream's address or error text unless debugging: it is an implementation detail.
+    return ProblemDetails(
+        status=502, type="upstream-error", title="Upstream unavailable", detail=str(exc) if debug else None
+    )
+
+
 def _builtin_resolvers() -> dict[type[BaseException], _Resolver]:
-    resolvers: dict[type[BaseException], _Resolver] = {ResilienceError: _from_resilience_error}
+    import httpx
+
+    resolvers: dict[type[BaseException], _Resolver] = {
+        ResilienceError: _from_resilience_error,
+        httpx.TimeoutException: _from_upstream_timeout,
+        httpx.TransportError: _from_upstream_error,
+    }
     try:
         from starlette.exceptions import HTTPException
     except ImportError:  # pragma: no cover - starlette is a dependency
@@ -99,6 +119,9 @@ class ProblemDetailsMiddleware:
     * :class:`Problem` raised by the app is rendered exactly; every ResilienceError maps itself.
     * ``mapping`` maps exception classes to a status or a :data:`ProblemHandler`, looked up along
       the exception's MRO (most specific class wins, over the built-in mappings too).
+    * An unhandled ``httpx.TimeoutException`` from an outbound call maps to 504 ``upstream-timeout``
+      and any other ``httpx.TransportError`` to 502 ``upstream-error`` (no upstream detail unless
+      debugging): a failed dependency is a gateway problem, not an internal error.
     * Starlette/FastAPI ``HTTPException`` and FastAPI ``RequestValidationError`` map without
       configuration. Inside a Starlette or FastAPI app the middleware registers its handler with the
       app's innermost ``ExceptionMiddleware`` (only where the app kept the framework default), so
@@ -286,8 +309,8 @@ class ProblemDetailsMiddleware:
         else:
             defaults += [fastapi_handlers.http_exception_handler, fastapi_handlers.request_validation_exception_handler]
         for exc_type in self._builtin:
-            if exc_type is ResilienceError:
-                continue
+            if not exc_type.__module__.startswith(("starlette", "fastapi")):
+                continue  # ours and httpx's are covered by the catch-all below
             if exc_type not in handlers or handlers[exc_type] in defaults:
                 handlers[exc_type] = self._starlette_handler
         app_handlers = getattr(app, "exception_handlers", None) or {}

@@ -239,3 +239,20 @@ def test_configuration_is_checked_at_construction() -> None:
         ProblemDetailsMiddleware(ok_app, mapping={KeyError: "404"})  # type: ignore[dict-item]
     with pytest.raises(ConfigurationError, match="absolute URI"):
         ProblemDetailsMiddleware(ok_app, type_base="problems/")
+
+
+async def test_outbound_httpx_failures_are_gateway_problems() -> None:
+    import httpx
+
+    request = httpx.Request("GET", "http://internal-billing.local:8080/charge")
+    h = await run(ProblemDetailsMiddleware(raising(httpx.ReadTimeout("timed out", request=request))))
+    assert (h.status, h.json()["type"]) == (504, "upstream-timeout")
+    h = await run(ProblemDetailsMiddleware(raising(httpx.ConnectError("refused", request=request))))
+    assert (h.status, h.json()["type"]) == (502, "upstream-error")
+    assert "internal-billing" not in h.body.decode()
+    assert_problem_shape(h.json(), 502)
+    # our own transport errors keep their own mapping (CircuitOpenError is also an httpx.TransportError)
+    from asgi_resilience import CircuitOpenError
+
+    h = await run(ProblemDetailsMiddleware(raising(CircuitOpenError(retry_after=2, origin="http://x"))))
+    assert (h.status, h.json()["type"], h.header("retry-after")) == (503, "circuit-open", "2")
