@@ -7,8 +7,11 @@ open http://127.0.0.1:8000/_resilience/        # the live dashboard (loopback on
 """
 
 import asyncio
+import os
+from typing import Annotated
 
 from litestar import Litestar, asgi, get
+from litestar.params import PathParameter
 
 from asgi_resilience import ResilienceStack, Rule, dashboard_app
 
@@ -20,11 +23,11 @@ stack = ResilienceStack(
 )
 
 # Mounted inside the Litestar app, the dashboard is still outside the stack's rate limit rule above.
-dashboard = asgi("/_resilience", is_mount=True)(dashboard_app(stack, allow_unauthenticated=True))
+dashboard = asgi("/_resilience", is_mount=True, copy_scope=True)(dashboard_app(stack, allow_unauthenticated=True))
 
 
 @get("/items/{item_id:int}")
-async def item(item_id: int) -> dict[str, object]:
+async def item(item_id: Annotated[int, PathParameter()]) -> dict[str, object]:
     await asyncio.sleep(0.05)
     return {"id": item_id, "name": f"item {item_id}"}
 
@@ -40,4 +43,4 @@ app = stack.wrap(Litestar(route_handlers=[item, slow, dashboard]))
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

@@ -7,6 +7,7 @@ open http://127.0.0.1:8000/_resilience/        # the live dashboard (loopback on
 """
 
 import asyncio
+import os
 
 from asgi_resilience import ResilienceStack, Rule, dashboard_app
 
@@ -46,4 +47,4 @@ async def app(scope, receive, send):
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

@@ -1,0 +1,266 @@
+"""Every file in ``examples/`` and the demo, exercised.
+
+* every example imports cleanly and, when it defines an ASGI ``app``, answers ``GET /`` without a 5xx
+  (an example may also define ``smoke()``, sync or async, which is then called);
+* every example that reads ``PORT`` runs as a script (``python examples/x.py``) and serves requests;
+* the examples of this issue and the demo get behaviour checks (429, 504, breaker, shared Redis).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from asgi_resilience.testing import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+RUNNABLE = [p for p in EXAMPLES if 'os.environ.get("PORT"' in p.read_text() and p.stem != "multiworker_redis"]
+
+
+def needs_redis(path: Path) -> bool:
+    text = path.read_text()
+    return "REDIS_URL" in text or "redis://" in text
+
+
+def load(path: Path) -> ModuleType:
+    """Import an example file as a fresh module (never as ``__main__``, so no server starts)."""
+    spec = importlib.util.spec_from_file_location(f"example_{path.stem}_{time.monotonic_ns()}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # frameworks (Litestar) resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def client_for(app: Any, address: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(address, 5000), raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@pytest.fixture
+def example_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    def prepare(path: Path) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if needs_redis(path):
+            env["REDIS_URL"] = request.getfixturevalue("redis_url")
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return env
+
+    return prepare
+
+
+def test_there_are_examples() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"raw_asgi", "litestar_app", "multiworker_redis", "problem_details"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+async def test_every_example_imports_and_serves(path: Path, example_env: Any) -> None:
+    example_env(path)
+    module = load(path)
+    smoke = getattr(module, "smoke", None)
+    if callable(smoke):
+        result = smoke()
+        if inspect.isawaitable(result):
+            await result
+    app = getattr(module, "app", None)
+    if app is None:
+        assert smoke is not None or hasattr(module, "main"), f"{path.name} defines neither app, main nor smoke"
+        return
+    async with client_for(app) as client:
+        response = await client.get("/")
+    assert response.status_code < 500, response.text
+    stack = getattr(app, "stack", None)
+    if stack is not None:
+        await stack.aclose()
+
+
+@contextmanager
+def run_script(args: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a script, wait until it listens on ``port`` (without spending a request), stop it by pid."""
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, **env, "PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise AssertionError(f"{args} exited with {process.returncode}:\n{output}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{args} did not listen on {port} within 30 s") from None
+                time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+        if process.stdout:
+            process.stdout.close()
+
+
+@pytest.mark.parametrize("path", RUNNABLE, ids=[p.stem for p in RUNNABLE])
+def test_examples_run_as_scripts(path: Path, example_env: Any) -> None:
+    env = example_env(path)
+    port = free_port()
+    with run_script([str(path)], env, port):
+        response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert response.status_code < 500
+
+
+async def test_raw_asgi_example_limits_times_out_and_shows_the_dashboard() -> None:
+    module = load(ROOT / "examples" / "raw_asgi.py")
+    async with client_for(module.app) as client:
+        statuses = [(await client.get("/")).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        slow = await client.get("/slow", headers={"X-Forwarded-For": "1.2.3.4"})
+        assert slow.status_code in (429, 504)  # the same client: limited before it can time out
+        snapshot = await client.get("/_resilience/snapshot.json")
+        assert snapshot.status_code == 200
+        assert snapshot.json()["layers"] == ["problems", "rate_limit", "timeout", "concurrency"]
+    async with client_for(module.app, "127.0.0.2") as client:
+        slow = await client.get("/slow")
+        assert slow.status_code == 504
+        assert slow.headers["content-type"] == "application/problem+json"
+    async with client_for(module.app, "203.0.113.1") as client:
+        assert (await client.get("/_resilience/")).status_code == 403  # the dashboard is loopback only
+
+
+async def test_litestar_example_limits_items_and_mounts_the_dashboard() -> None:
+    module = load(ROOT / "examples" / "litestar_app.py")
+    async with client_for(module.app) as client:
+        statuses = [(await client.get("/items/1")).status_code for _ in range(6)]
+        assert statuses == [200] * 5 + [429]
+        limited = await client.get("/items/2")
+        assert limited.headers["content-type"] == "application/problem+json"
+        page = await client.get("/_resilience/")
+        assert page.status_code == 200 and "EventSource" in page.text
+        snapshot = (await client.get("/_resilience/snapshot.json")).json()
+        assert snapshot["layers"] == ["problems", "rate_limit", "cache", "timeout", "concurrency"]
+        assert snapshot["metrics"]["asgi_resilience.rate_limit.requests"]
+
+
+@pytest.mark.redis
+def test_multiworker_example_shares_limits_and_cache_through_redis(redis_url: str) -> None:
+    port = free_port()
+    script = ROOT / "examples" / "multiworker_redis.py"
+    with run_script([str(script), "--workers", "2", "--port", str(port)], {"REDIS_URL": redis_url}, port):
+        base = f"http://127.0.0.1:{port}"
+        pids: set[int] = set()
+        deadline = time.monotonic() + 20
+        # fresh connections until both workers have answered (each worker binds once it has started)
+        while len(pids) < 2 and time.monotonic() < deadline:
+            with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                pids.add(client.get(f"{base}/pid").json()["pid"])
+        assert len(pids) == 2, "the second worker never answered"
+        statuses: list[int] = []
+        answered_by: set[int] = set()
+        for _ in range(14):
+            with httpx.Client() as client:
+                response = client.get(f"{base}/")
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    answered_by.add(response.json()["pid"])
+        assert statuses == [200] * 10 + [429] * 4  # one limit for all workers
+        reports = []
+        for _ in range(6):
+            with httpx.Client() as client:
+                reports.append(client.get(f"{base}/report").json())
+        assert len({r["generated_at"] for r in reports}) == 1  # one cached report for all workers
+
+
+# --- the demo ----------------------------------------------------------------------------------------------------
+
+
+async def test_demo_app_shows_each_layer() -> None:
+    from asgi_resilience.demo import build_demo
+
+    demo = build_demo()
+    try:
+        async with client_for(demo.app) as client:
+            index = await client.get("/")
+            assert "/_resilience/" in index.json()["endpoints"]
+            hello = [(await client.get("/hello")).status_code for _ in range(6)]
+            assert hello == [200] * 5 + [429]
+            first = await client.get("/products/1")
+            second = await client.get("/products/1")
+            assert first.json() == second.json()
+            assert "hit" in second.headers["cache-status"]
+            bad = await client.get("/slow", params={"seconds": "soon"})
+            assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+            assert (await client.get("/chaos", params={"failure_rate": "2"})).status_code == 400
+            assert (await client.get("/chaos", params={"failure_rate": "x"})).status_code == 400
+            healthy = await client.get("/quote")
+            assert healthy.status_code in (200, 502)
+            assert (await client.get("/chaos", params={"failure_rate": "1"})).json()["failure_rate"] == 1.0
+            statuses = [(await client.get("/quote")).status_code for _ in range(12)]
+            assert 502 in statuses and statuses[-1] == 503  # failing, then the breaker opened
+            opened = await client.get("/quote")
+            assert opened.json()["type"] == "circuit-open" and int(opened.headers["retry-after"]) >= 1
+            snapshot = (await client.get("/_resilience/snapshot.json")).json()
+            (breaker,) = [b for b in snapshot["components"]["circuit_breakers"] if "flaky-upstream" in b["origin"]]
+            assert breaker["state"] == "open"
+            assert (await client.get("/chaos", params={"failure_rate": "0"})).json()["failure_rate"] == 0.0
+    finally:
+        await demo.client.aclose()
+        await demo.stack.aclose()
+
+
+@pytest.mark.redis
+async def test_demo_with_redis_shares_one_client(redis_url: str) -> None:
+    from asgi_resilience.demo import build_demo
+
+    demo = build_demo(redis=redis_url)
+    try:
+        assert demo.stack.redis is not None
+        assert demo.stack.options("rate_limit")["storage"] is demo.stack.redis
+        assert demo.stack.options("cache")["backend"] is demo.stack.redis
+        async with client_for(demo.app) as client:
+            assert [(await client.get("/hello")).status_code for _ in range(6)] == [200] * 5 + [429]
+        assert await demo.stack.redis.dbsize() > 0
+    finally:
+        await demo.client.aclose()
+        await demo.stack.aclose()
+
+
+def test_demo_runs_with_the_readme_command_and_prints_the_urls() -> None:
+    port = free_port()
+    with run_script(["-m", "asgi_resilience.demo", "--port", str(port), "--no-traffic"], {}, port) as process:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=10) as client:
+            statuses = [client.get("/hello").status_code for _ in range(6)]
+            assert statuses == [200] * 5 + [429]
+            assert client.get("/_resilience/").status_code == 200
+        os.kill(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=15)[0].decode()
+    assert f"{base}/_resilience/" in output
+    assert f"curl -s -o /dev/null -w '%{{http_code}} ' {base}/hello" in output
+    assert "Traceback" not in output
