@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from asgi_resilience import ConfigurationError, TimeoutMiddleware, remaining_time, timeout
+from asgi_resilience import ConcurrencyLimitMiddleware, ConfigurationError, TimeoutMiddleware, remaining_time, timeout
 from asgi_resilience.testing import ASGIHarness, http_scope
 from asgi_resilience.timeout import timeout as timeout_from_subpackage
 
@@ -132,3 +132,19 @@ async def test_starlette_streaming_response_in_complete_mode_is_aborted_without_
     assert "DeadlineExceeded" in repr(info.value)
     assert h.start_count == 1 and h.status == 200
     assert not h.complete
+
+
+async def test_decorator_is_found_when_the_middleware_wraps_the_app_from_outside() -> None:
+    @timeout(0.05)
+    async def slow(request: Request) -> PlainTextResponse:
+        await anyio.sleep(5)
+        return PlainTextResponse("late")  # pragma: no cover
+
+    app = Starlette(routes=[Route("/slow", slow)])
+    wrapped = TimeoutMiddleware(ConcurrencyLimitMiddleware(app, max_concurrent=5), timeout=30.0)
+    started = time.monotonic()
+    async with client(wrapped) as c:
+        response = await c.get("/slow")
+    assert response.status_code == 504
+    assert time.monotonic() - started < 5
+    assert TimeoutMiddleware(lambda *a: None, timeout=1.0).limit_for(http_scope()) == 1.0  # type: ignore[arg-type]
