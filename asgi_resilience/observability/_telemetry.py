@@ -43,7 +43,8 @@ class Instrument:
         self.history: deque[tuple[float, dict[str, str]]] | None = deque(maxlen=history) if history else None
 
     def add(self, value: float, attributes: Attributes | None = None) -> None:
-        key = tuple(sorted(attributes.items())) if attributes else ()
+        # Unsorted on the hot path; snapshot() merges keys that differ only in order.
+        key = tuple(attributes.items()) if attributes else ()
         with self._lock:
             self.totals[key] = self.totals.get(key, 0) + value
             if self.history is not None:
@@ -52,7 +53,7 @@ class Instrument:
             self._otel.add(value, attributes)
 
     def record(self, value: float, attributes: Attributes | None = None) -> None:
-        key = tuple(sorted(attributes.items())) if attributes else ()
+        key = tuple(attributes.items()) if attributes else ()
         with self._lock:
             if self.kind == "gauge":
                 self.totals[key] = value
@@ -155,7 +156,7 @@ class Telemetry:
             with inst._lock:
                 items = list(inst.totals.items())
                 recent = list(inst.history) if inst.history is not None else None
-            metrics[name] = [{"attributes": dict(key), "value": value} for key, value in items]
+            metrics[name] = _merge(inst.kind, items)
             if recent is not None:
                 events[name] = [{"time": when, "attributes": attributes} for when, attributes in recent]
         components: dict[str, Any] = {}
@@ -165,6 +166,20 @@ class Telemetry:
             except Exception as exc:  # a broken provider must not break the dashboard
                 components[name] = {"error": type(exc).__name__}
         return {"metrics": metrics, "components": components, "events": events}
+
+
+def _merge(kind: str, items: list[tuple[tuple[tuple[str, str], ...], Any]]) -> list[dict[str, Any]]:
+    merged: dict[tuple[tuple[str, str], ...], Any] = {}
+    for key, value in items:
+        canonical = tuple(sorted(key))
+        if canonical not in merged or kind == "gauge":
+            merged[canonical] = value
+        elif kind == "histogram":
+            count, total = merged[canonical]
+            merged[canonical] = (count + value[0], total + value[1])
+        else:
+            merged[canonical] += value
+    return [{"attributes": dict(key), "value": value} for key, value in merged.items()]
 
 
 NOOP = Telemetry(enabled=False)

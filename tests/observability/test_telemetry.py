@@ -119,3 +119,22 @@ async def test_problem_middleware_counts_exceptions_by_result() -> None:
         await ASGIHarness().run(app, http_scope(path="/late"))
     points = sorted((p[0]["error.type"], p[0]["result"], p[1]) for p in collect(reader)["asgi_resilience.exceptions"])
     assert points == [("KeyError", "handled", 1), ("ValueError", "skipped", 1), ("ValueError", "unhandled", 1)]
+
+
+def test_snapshot_merges_attribute_sets_given_in_different_orders() -> None:
+    telemetry = Telemetry(enabled=True)
+    counter = telemetry.instrument("asgi_resilience.rate_limit.requests")
+    counter.add(1, {"rule": "a", "result": "allowed"})
+    counter.add(2, {"result": "allowed", "rule": "a"})
+    histogram = telemetry.instrument("asgi_resilience.concurrency.queue.duration")
+    histogram.record(0.5, {"partition": "p"})
+    histogram.record(1.5, {"partition": "p"})
+    gauge = telemetry.instrument("asgi_resilience.concurrency.limit")
+    gauge.record(3, {"partition": "p"})
+    gauge.record(4, {"partition": "p"})
+    snap = telemetry.snapshot()["metrics"]
+    assert snap["asgi_resilience.rate_limit.requests"] == [
+        {"attributes": {"result": "allowed", "rule": "a"}, "value": 3}
+    ]
+    assert snap["asgi_resilience.concurrency.queue.duration"] == [{"attributes": {"partition": "p"}, "value": (2, 2.0)}]
+    assert snap["asgi_resilience.concurrency.limit"] == [{"attributes": {"partition": "p"}, "value": 4}]
