@@ -1,0 +1,23 @@
+"""The README publishes the metric table exactly as the code defines it, and the demo command first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asgi_resilience.observability import METRICS, metric_table_markdown
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_metric_table_is_generated_from_the_code() -> None:
+    table = metric_table_markdown()
+    assert table in README, "regenerate the README table with asgi_resilience.observability.metric_table_markdown()"
+    assert table.count("\n") == len(METRICS) + 2
+    for name in METRICS:
+        assert f"| `{name}` |" in table
+
+
+def test_readme_first_command_runs_the_demo() -> None:
+    setup = README[README.index("## Set up") :]
+    first_block = setup[setup.index("```bash") : setup.index("```", setup.index("```bash") + 3)]
+    assert first_block.strip().endswith("python -m asgi_resilience.demo")
