@@ -76,7 +76,7 @@ class Cache:
             client = redis_client(backend, socket_timeout=max(backend_timeout, 0.5))
             l2 = RedisStore(client, namespace=namespace, owns_client=isinstance(backend, str))
         elif _is_aiocache(backend):
-            l2 = AiocacheStore(backend)
+            l2 = AiocacheStore(backend, namespace=namespace)
         else:
             raise ConfigurationError(
                 f"backend must be 'memory://', a redis:// URL, a redis.asyncio.Redis client or an aiocache "

@@ -478,9 +478,12 @@ def decide_store(
     has_validator = _header(headers, b"etag") is not None or _header(headers, b"last-modified") is not None
     if not lifetime and not ("no-cache" in cc and cc["no-cache"] is None and has_validator):
         return _refuse("not-fresh")
-    must_revalidate = "must-revalidate" in cc or "proxy-revalidate" in cc or "s-maxage" in cc or "no-cache" in cc
+    must_revalidate = "must-revalidate" in cc or "proxy-revalidate" in cc or "no-cache" in cc
     swr = _seconds(cc, "stale-while-revalidate")
     sie = _seconds(cc, "stale-if-error")
+    if "s-maxage" in cc and swr is None and sie is None:
+        # s-maxage implies proxy-revalidate (RFC 9111 5.2.2.10) unless the origin itself allows stale use
+        must_revalidate = True
     if swr is None:
         swr = default_swr if rule is None or rule.stale_while_revalidate is None else rule.stale_while_revalidate
     if sie is None:

@@ -265,24 +265,28 @@ class AiocacheStore(Store):
 
     name = "aiocache"
 
-    def __init__(self, cache: Any) -> None:
+    def __init__(self, cache: Any, *, namespace: str) -> None:
         self._cache = cache
+        self._ns = namespace
         self._idx = _Indexes()
 
+    def _k(self, key: str) -> str:
+        return f"{self._ns}:e:{key}"
+
     async def get(self, key: str) -> Value | None:
-        blob = await self._cache.get(key, loads_fn=_identity)
+        blob = await self._cache.get(self._k(key), loads_fn=_identity)
         if blob is None:
             return None
         return decode(bytes(blob))
 
     async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
-        await self._cache.set(key, encode(value), ttl=max(1, int(ttl + 0.999)), dumps_fn=_identity)
+        await self._cache.set(self._k(key), encode(value), ttl=max(1, int(ttl + 0.999)), dumps_fn=_identity)
         self._idx.add(key, index, tags)
 
     async def purge_index(self, index: str) -> list[str]:
         keys = list(self._idx.by_index.get(index, ()))
         for key in keys:
-            await self._cache.delete(key)
+            await self._cache.delete(self._k(key))
             self._idx.forget(key)
         return keys
 
@@ -291,15 +295,18 @@ class AiocacheStore(Store):
         for key in keys:
             if soft:
                 value = await self.get(key)
-                if value is not None:
-                    await self._cache.set(key, encode(_soft(value)), dumps_fn=_identity)
+                if isinstance(value, Entry):  # aiocache cannot keep a TTL: the entry's own bound is used
+                    ttl = max(1, int(value.storage_ttl() + 0.999))
+                    await self._cache.set(self._k(key), encode(_soft(value)), ttl=ttl, dumps_fn=_identity)
             else:
-                await self._cache.delete(key)
+                await self._cache.delete(self._k(key))
                 self._idx.forget(key)
         return keys
 
     async def clear(self) -> None:
-        await self._cache.clear()
+        # aiocache can only clear a namespace it was created with; delete the keys we know of
+        for key in list(self._idx.meta):
+            await self._cache.delete(self._k(key))
         self._idx.clear()
 
     async def aclose(self) -> None:

@@ -892,7 +892,7 @@ async def test_aiocache_backend_instance(caplog: pytest.LogCaptureFixture) -> No
     # a foreign value under our key is a miss, logged and counted, never a 500
     key = next(iter(mw.cache.store._idx.meta), None)  # type: ignore[attr-defined]
     assert key is None
-    await backend.set("http://testserver/", b"garbage")
+    await backend.set("asgi-resilience:cache:e:http://testserver/", b"garbage")
     with caplog.at_level(logging.WARNING, logger="asgi_resilience.cache"):
         h = await get(mw)
     assert h.status == 200 and "failed during get" in caplog.text
