@@ -264,3 +264,10 @@ def test_demo_runs_with_the_readme_command_and_prints_the_urls() -> None:
     assert f"{base}/_resilience/" in output
     assert f"curl -s -o /dev/null -w '%{{http_code}} ' {base}/hello" in output
     assert "Traceback" not in output
+
+
+def test_demo_reports_a_bad_redis_url_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from asgi_resilience.demo.__main__ import main
+
+    assert main(["--redis", "http://not-redis", "--no-traffic"]) == 2
+    assert "redis://" in capsys.readouterr().err

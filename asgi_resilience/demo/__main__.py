@@ -19,8 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--no-traffic", action="store_true", help="no background traffic for the dashboard")
     args = parser.parse_args(argv)
-    uvicorn = import_optional("uvicorn", extra="demo", feature="The demo")
-    demo = build_demo(redis=args.redis, traffic=not args.no_traffic)
+    try:
+        uvicorn = import_optional("uvicorn", extra="demo", feature="The demo")
+        demo = build_demo(redis=args.redis, traffic=not args.no_traffic)
+    except (ImportError, ValueError) as exc:  # a missing extra or a bad --redis URL: say so, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     storage = f"Redis at {args.redis}" if args.redis else "in memory"
     print(
