@@ -396,6 +396,7 @@ class RateLimitMiddleware:
             logger.warning("rate-limit storage %s recovered", self.storage.name)
             self._failures = 0
             self._cooldown = self.store_cooldown
+            self._open_until = 0.0
         return decisions
 
     def _degraded(self, checks: list[Check]) -> list[Decision] | None | Literal[False]:

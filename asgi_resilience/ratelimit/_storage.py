@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 from asgi_resilience._clock import Clock
+from asgi_resilience._optional import import_optional
 from asgi_resilience._redis import redis_client
 from asgi_resilience.errors import ConfigurationError, StorageError
 from asgi_resilience.ratelimit._policy import Decision, strategy_function
@@ -148,12 +149,23 @@ class RedisStorage(RateLimitStorage):
 
     name = "redis"
 
-    def __init__(self, client: Any, *, prefix: str = "asgi_rl", clock: Clock | None = None) -> None:
-        self.client = redis_client(client)
+    def __init__(
+        self, client: Any, *, prefix: str = "asgi_rl", clock: Clock | None = None, max_connections: int = 100
+    ) -> None:
+        if isinstance(client, str) and client.startswith(("redis://", "rediss://", "unix://")):
+            # a burst waits for a free connection (bounded by the middleware's store timeout)
+            # instead of failing with "Too many connections" as redis-py's default pool does
+            redis_asyncio = import_optional("redis.asyncio", extra="redis", feature="The Redis rate-limit storage")
+            pool = redis_asyncio.BlockingConnectionPool.from_url(client, max_connections=max_connections, timeout=None)
+            self.client = redis_asyncio.Redis.from_pool(pool)  # the client owns (and closes) the pool
+        else:
+            self.client = redis_client(client)
         self.prefix = prefix
         self._clock = clock
         self._script = self.client.register_script(_SCRIPT)
         self._cluster = _is_cluster(self.client)
+        self._ready = False
+        self._lock: Any = None
 
     def key(self, check: Check) -> str:
         return f"{self.prefix}:{{{_tag(check.partition)}}}:{check.counter or check.rule}:{check.nth}"
@@ -162,31 +174,84 @@ class RedisStorage(RateLimitStorage):
         strategy_function(strategy)  # validates
         now = "" if self._clock is None else str(round(self._clock() * 1_000_000))
         if not self._cluster:
-            return await self._call(strategy, now, checks)
+            return (await self._call(strategy, now, checks))[0]
+        if not self._ready:
+            await self._prepare_cluster()
         groups: dict[str, list[int]] = {}
         for i, check in enumerate(checks):
             groups.setdefault(_tag(check.partition), []).append(i)
         if len(groups) == 1:
-            return await self._call(strategy, now, checks)
+            return (await self._call(strategy, now, checks))[0]
         import asyncio
 
         order = list(groups.values())
         parts = await asyncio.gather(*(self._call(strategy, now, [checks[i] for i in idx]) for idx in order))
         out: list[Decision | None] = [None] * len(checks)
-        for idx, decisions in zip(order, parts, strict=True):
+        rejected = False
+        for idx, (decisions, committed, _) in zip(order, parts, strict=True):
+            rejected = rejected or not committed
             for i, decision in zip(idx, decisions, strict=True):
                 out[i] = decision
+        if rejected:
+            # another slot rejected the request: give back what the admitting slots consumed
+            refunds = []
+            for idx, (_, committed, used_us) in zip(order, parts, strict=True):
+                if committed:
+                    refunds.append(self._refund(strategy, used_us, [checks[i] for i in idx]))
+                    for i in idx:
+                        out[i] = _uncommitted(out[i], checks[i].cost)  # type: ignore[arg-type]
+            await asyncio.gather(*refunds)
         return [d for d in out if d is not None]
 
-    async def _call(self, strategy: str, now: str, checks: Sequence[Check]) -> list[Decision]:
-        keys = [self.key(check) for check in checks]
-        args: list[Any] = [strategy, now]
+    async def _prepare_cluster(self) -> None:
+        """Discover the cluster and load the script on every primary, once, before the first burst.
+
+        Without this, a burst of first requests makes every one of them rebuild redis-py's node table,
+        which closes the others' connections after their scripts ran; the client then retries them
+        and a hit is counted twice.
+        """
+        import asyncio
+
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._ready:
+                return
+            try:
+                await self.client.initialize()
+                await self.client.script_load(_SCRIPT)
+            except Exception as exc:
+                raise StorageError(f"Redis Cluster setup failed: {type(exc).__name__}: {exc}") from exc
+            self._ready = True
+
+    def _args(self, strategy: str, now: str, mode: str, checks: Sequence[Check]) -> list[Any]:
+        args: list[Any] = [strategy, now, mode]
         for check in checks:
             args += [check.limit, check.period_ms, check.cost, 1 if check.enforce else 0]
+        return args
+
+    async def _refund(self, strategy: str, used_us: int, checks: Sequence[Check]) -> None:
+        keys = [self.key(check) for check in checks]
         try:
-            raw = await self._script(keys=keys, args=args)
+            await self._script(keys=keys, args=self._args(strategy, str(used_us), "refund", checks))
         except Exception as exc:
-            raise StorageError(f"Redis rate-limit call failed: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(f"Redis rate-limit refund failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _call(self, strategy: str, now: str, checks: Sequence[Check]) -> tuple[list[Decision], bool, int]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        keys = [self.key(check) for check in checks]
+        args = self._args(strategy, now, "hit", checks)
+        for attempt in (1, 2):
+            try:
+                raw = await self._script(keys=keys, args=args)
+                break
+            except RedisConnectionError as exc:
+                # a pooled connection that died with a Redis restart: one immediate retry on a new one
+                if attempt == 2:
+                    raise StorageError(f"Redis rate-limit call failed: {type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                raise StorageError(f"Redis rate-limit call failed: {type(exc).__name__}: {exc}") from exc
         try:
             decisions = []
             for i, check in enumerate(checks):
@@ -200,9 +265,10 @@ class RedisStorage(RateLimitStorage):
                         None if retry_us < 0 else retry_us / 1e6,
                     )
                 )
-        except (TypeError, ValueError) as exc:
+            committed, used_us = int(raw[-2]), int(raw[-1])
+        except (TypeError, ValueError, IndexError) as exc:
             raise StorageError(f"unexpected reply from the rate-limit script: {raw!r}") from exc
-        return decisions
+        return decisions, bool(committed), used_us
 
     async def reset(self) -> None:
         """Delete this limiter's keys (SCAN + UNLINK on every node)."""

@@ -8,8 +8,11 @@
 -- KEYS[i]  the state key of check i (hash-tagged by the caller: all keys of a call share a slot)
 -- ARGV[1]  strategy: fixed-window | sliding-window | moving-window | gcra
 -- ARGV[2]  "" to take the time from Redis (TIME), or microseconds (tests with a manual clock)
--- ARGV[3 + 4*(i-1) ...] limit, period_ms, cost, enforce (1 or 0) of check i
--- Returns a flat array: allowed (1/0), remaining, reset_us, retry_us (-1 when allowed) per check.
+-- ARGV[3]  "hit", or "refund": give back what a "hit" at time ARGV[2] consumed (Redis Cluster,
+--          when another slot rejected the request)
+-- ARGV[4 + 4*(i-1) ...] limit, period_ms, cost, enforce (1 or 0) of check i
+-- Returns a flat array: allowed (1/0), remaining, reset_us, retry_us (-1 when allowed) per check,
+-- then 1 if the checks were committed (0 if not), then the time used, in microseconds.
 
 local strategy = ARGV[1]
 local now_us
@@ -24,13 +27,43 @@ local n = #KEYS
 local floor = math.floor
 local ceil = math.ceil
 
+if ARGV[3] == "refund" then
+  for i = 1, n do
+    local key = KEYS[i]
+    local base = 4 + 4 * (i - 1)
+    local limit = tonumber(ARGV[base])
+    local period = tonumber(ARGV[base + 1])
+    local cost = tonumber(ARGV[base + 2])
+    local window = floor(now_ms / period)
+    if strategy == "fixed-window" or strategy == "sliding-window" then
+      local w = tonumber(redis.call("HGET", key, "w"))
+      local field = nil
+      if w == window then field = "c" elseif w == window + 1 and strategy == "sliding-window" then field = "p" end
+      if field then
+        local left = tonumber(redis.call("HINCRBY", key, field, -cost))
+        if left < 0 then redis.call("HSET", key, field, 0) end
+      end
+    elseif strategy == "moving-window" then
+      local members = redis.call("ZRANGEBYSCORE", key, now_ms, now_ms, "LIMIT", 0, cost)
+      if #members > 0 then redis.call("ZREM", key, unpack(members)) end
+    elseif strategy == "gcra" then
+      local tat = tonumber(redis.call("GET", key))
+      if tat then
+        local interval = math.max(1, floor(period * 1000 / limit))
+        redis.call("SET", key, string.format("%.0f", tat - cost * interval), "KEEPTTL")
+      end
+    end
+  end
+  return {now_us}
+end
+
 local results = {}
 local commits = {}
 local admitted = true
 
 for i = 1, n do
   local key = KEYS[i]
-  local base = 3 + 4 * (i - 1)
+  local base = 4 + 4 * (i - 1)
   local limit = tonumber(ARGV[base])
   local period = tonumber(ARGV[base + 1])
   local cost = tonumber(ARGV[base + 2])
@@ -154,7 +187,7 @@ if not admitted then
   -- checks that allowed the request consumed nothing: report the quota as it is
   for i = 1, n do
     if results[4 * i - 3] == 1 then
-      results[4 * i - 2] = results[4 * i - 2] + tonumber(ARGV[3 + 4 * (i - 1) + 2])
+      results[4 * i - 2] = results[4 * i - 2] + tonumber(ARGV[4 + 4 * (i - 1) + 2])
     end
   end
 end
@@ -182,4 +215,6 @@ if admitted then
   end
 end
 
+if admitted then results[#results + 1] = 1 else results[#results + 1] = 0 end
+results[#results + 1] = now_us
 return results
