@@ -136,7 +136,7 @@ class AsyncRetryTransport(httpx.AsyncBaseTransport):
                 raise step.error  # type: ignore[misc]
             response = call.finish(step.response)  # type: ignore[arg-type]
             if call.deadline != math.inf:
-                response.stream = AsyncBody(response.stream, deadline=call.deadline)
+                response.stream = AsyncBody(response.stream, deadline=call.deadline, read_timeout=call.read_timeout)
             return response
 
     @staticmethod
