@@ -43,6 +43,7 @@ async def caches() -> AsyncIterator[list[Cache]]:
 def new_cache(made: list[Cache], url: str, **kwargs: Any) -> Cache:
     kwargs.setdefault("clock", ManualClock(T0))
     kwargs.setdefault("telemetry", False)
+    kwargs.setdefault("backend_timeout", 2.0)  # a loaded CI machine must not turn these tests into outage tests
     cache = Cache(url, **kwargs)
     made.append(cache)
     return cache
