@@ -26,7 +26,7 @@ from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from asgi_resilience.client._retry import _seconds
 from asgi_resilience.errors import ConfigurationError
@@ -136,8 +136,7 @@ class BreakerPolicy:
         return Result.FAILURE if status in self.failure_statuses else Result.SUCCESS
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     """The answer to "may I call?": a permit (``allowed``) or a refusal with ``retry_after``."""
 
     allowed: bool

@@ -52,6 +52,7 @@ _STATS_LOCK = threading.Lock()
 _STATS: OrderedDict[str, list[int]] = OrderedDict()  # origin -> [calls, retries, gave_up, budget_exhausted]
 _MISSING = object()
 _PHASES = ("connect", "read", "write", "pool")
+_ORIGINS: dict[tuple[str, str, int | None], str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +105,19 @@ class RetryEvent:
 
 
 def origin_of(url: httpx.URL) -> str:
-    port = url.port or (443 if url.scheme == "https" else 80)
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    return f"{url.scheme}://{host}:{port}"
+    """``scheme://host:port`` (default port filled in), the key of breakers and budgets."""
+    scheme = url.scheme
+    host = url.host
+    port = url.port
+    key = (scheme, host, port)
+    found = _ORIGINS.get(key)
+    if found is None:
+        bracketed = f"[{host}]" if ":" in host else host
+        found = f"{scheme}://{bracketed}:{port or (443 if scheme == 'https' else 80)}"
+        if len(_ORIGINS) >= 4096:
+            _ORIGINS.clear()
+        _ORIGINS[key] = found
+    return found
 
 
 def check_timeouts(total_timeout: float | None, attempt_timeout: float | None) -> None:
@@ -675,6 +686,7 @@ class BreakerCore:
             self.registry = BreakerRegistry()
             _PRIVATE_REGISTRIES.add(self.registry)
         self.shared_state = SharedState(state, asynchronous=asynchronous) if state is not None else None
+        self._local: dict[str, CircuitBreaker] = {}
         self.on_transition: Hook = on_transition if on_transition is not None else log_transition
         self.telemetry = resolve_telemetry(telemetry)
         self.state_metric = self.telemetry.instrument("asgi_resilience.circuit_breaker.state")
@@ -682,9 +694,16 @@ class BreakerCore:
         register_snapshots(self.telemetry)
 
     def breaker(self, request: httpx.Request) -> CircuitBreaker:
-        breaker, created = self.registry.get(self.policy, origin_of(request.url))
+        origin = origin_of(request.url)
+        breaker = self._local.get(origin)
+        if breaker is not None:
+            return breaker  # fast path; the registry keeps the shared, bounded truth
+        breaker, created = self.registry.get(self.policy, origin)
         if created:
             self.state_metric.add(1, {"origin": breaker.origin, "state": State.CLOSED.value})
+        if len(self._local) >= 256:
+            self._local.clear()
+        self._local[origin] = breaker
         return breaker
 
     def count(self, transitions: tuple[BreakerTransition, ...]) -> None:
@@ -697,9 +716,9 @@ class BreakerCore:
             )
 
     def rejection(self, admission: Admission, breaker: CircuitBreaker, request: httpx.Request) -> CircuitOpenError:
-        state = "half-open (probe in flight)" if admission.state is State.HALF_OPEN else "open"
+        state = "half-open, a probe is in flight" if admission.state is State.HALF_OPEN else "open"
         return CircuitOpenError(
-            f"circuit breaker for {breaker.origin} is {state}; retry in {admission.retry_after:.3f} s",
+            f"circuit breaker for {breaker.origin} is {state} (see retry_after)",
             retry_after=max(0.0, admission.retry_after),
             origin=breaker.origin,
             request=request,
