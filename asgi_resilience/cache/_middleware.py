@@ -465,22 +465,27 @@ class CacheMiddleware:
             return
         self._refreshing.add(key)
         sent = False
+        done = anyio.Event()
 
         async def receive() -> Message:
             nonlocal sent
             if not sent:
                 sent = True
                 return {"type": "http.request", "body": b"", "more_body": False}
-            await anyio.sleep_forever()
-            raise AssertionError("unreachable")  # pragma: no cover
+            await done.wait()  # like a client that leaves once the response is complete
+            return {"type": "http.disconnect"}
 
         async def discard(message: Message) -> None:
-            return None
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                done.set()
 
         flight = _Flight()
         self._flights[key] = flight
+        # the client's own conditionals must not turn the refresh into a 304 we cannot store
+        headers, _ = revalidation_headers(req.headers, stale)
+        refresh = _Request(**{**req.__dict__, "scope": {**req.scope, "headers": headers}, "headers": headers})
         try:
-            await self._forward(req, receive, discard, stale, flight, silent=True)
+            await self._forward(refresh, receive, discard, stale, flight, silent=True)
         except Exception as exc:
             logger.warning("background revalidation of a stale cache entry failed: %s", type(exc).__name__)
         finally:
@@ -499,7 +504,11 @@ class CacheMiddleware:
         *,
         silent: bool = False,
     ) -> None:
-        """Call the app; tee its response into the store; revalidate ``stale``; serve it on errors."""
+        """Call the app; tee its response into the store; revalidate ``stale``; serve it on errors.
+
+        ``silent``: a background refresh, whose ``send`` discards everything; it is not counted.
+        """
+        count: Callable[[str], None] = self._count if not silent else _ignore
         scope = req.scope
         validated = False
         if stale is not None:
@@ -560,8 +569,7 @@ class CacheMiddleware:
                     tags = tuple(dict.fromkeys([*rule_tags, *response_tags(upstream_headers)]))
                 out = [(k, v) for k, v in upstream_headers if k not in _STRIPPED_FROM_CLIENT]
                 out.append((b"cache-status", cache_status(fwd=fwd, fwd_status=None, stored=will_store)))
-                if not silent:
-                    await send({**message, "headers": out})
+                await send({**message, "headers": out})
                 return
             if kind == "http.response.body":
                 more = bool(message.get("more_body", False))
@@ -575,8 +583,7 @@ class CacheMiddleware:
                         capture = None
                     else:
                         capture.append(chunk)
-                if not silent:
-                    await send(message)
+                await send(message)
                 if not more:
                     finished = True
                     if capture is not None and decision is not None:
@@ -587,40 +594,35 @@ class CacheMiddleware:
                             flight.entry = entry
                 return
             capture = None  # pathsend, trailers, ...: nothing we can store
-            if not silent:
-                await send(message)
+            await send(message)
 
         try:
             await self.app(scope, receive, wrapped)
         except Exception:
             if stale is not None and sie_allowed and (not started or mode == "error"):
-                self._count("stale")
-                if not silent:
-                    await self._serve(req, send, stale, hit=True, fwd="stale", detail="error")
+                count("stale")
+                await self._serve(req, send, stale, hit=True, fwd="stale", detail="error")
                 return
             raise
         if mode == "update" and stale is not None:
             updated = update_from_304(stale, upstream_headers, request_time, response_time, req.rule)
-            self._count("hit")
-            if not silent:
-                await self._serve(req, send, updated, hit=True, fwd="stale", fwd_status=304)
+            count("hit")
+            await self._serve(req, send, updated, hit=True, fwd="stale", fwd_status=304)
             if flight is not None:
                 flight.entry = updated
             await self._store(req, updated)
             return
         if mode == "error" and stale is not None:
-            self._count("stale")
-            if not silent:
-                await self._serve(req, send, stale, hit=True, fwd="stale", fwd_status=upstream_status)
+            count("stale")
+            await self._serve(req, send, stale, hit=True, fwd="stale", fwd_status=upstream_status)
             return
         if not started and stale is not None and sie_allowed:
-            self._count("stale")
-            if not silent:
-                await self._serve(req, send, stale, hit=True, fwd="stale", detail="no-response")
+            count("stale")
+            await self._serve(req, send, stale, hit=True, fwd="stale", detail="no-response")
             return
-        self._count("miss")
+        count("miss")
         if entry is not None and finished:
-            self._count("stored")
+            count("stored")
             await self._store(req, entry)
 
     def _build(
@@ -665,6 +667,10 @@ class CacheMiddleware:
         else:
             key = req.key
         await self.cache.set(key, entry, ttl, index=req.index, tags=entry.tags)
+
+
+def _ignore(result: str) -> None:
+    return None
 
 
 def _with_status(message: Message, value: bytes) -> Message:

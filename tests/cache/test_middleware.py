@@ -897,3 +897,61 @@ async def test_aiocache_backend_instance(caplog: pytest.LogCaptureFixture) -> No
         h = await get(mw)
     assert h.status == 200 and "failed during get" in caplog.text
     await mw.cache.aclose()
+
+
+async def test_background_refresh_failure_keeps_the_stale_entry(caplog: pytest.LogCaptureFixture) -> None:
+    origin = Origin(headers=[("cache-control", "max-age=10, stale-while-revalidate=60")])
+    mw, clock = make(origin)
+    await get(mw)
+    clock.advance(15)
+    origin.raise_exc = RuntimeError("refresh failed")
+    with caplog.at_level(logging.WARNING, logger="asgi_resilience.cache"):
+        stale = await get(mw, headers=[("if-none-match", '"client"')])
+    assert stale.status == 200 and "background revalidation" in caplog.text
+    assert origin.request_header("if-none-match") is None  # the client's conditional is not forwarded
+    origin.raise_exc = None
+    await get(mw)  # still stale: served, and this refresh succeeds
+    assert status_of(await get(mw)).startswith("asgi-resilience; hit; ttl=")
+
+
+async def test_background_refresh_gives_the_app_a_disconnect_after_the_response() -> None:
+    received: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        received.append((await receive())["type"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"cache-control", b"max-age=10")]})
+        await send({"type": "http.response.body", "body": b"x"})
+        received.append((await receive())["type"])
+
+    mw, clock = make(Origin(), stale_while_revalidate=60)
+    mw.app = app
+    await get(mw)
+    clock.advance(20)
+    await get(mw)
+    assert received[-2:] == ["http.request", "http.disconnect"]
+
+
+async def test_host_falls_back_to_the_server_address() -> None:
+    origin = Origin()
+    mw, _ = make(origin)
+    scope = http_scope()
+    scope["headers"] = []
+    await ASGIHarness().run(mw, scope)
+    assert mw.cache.peek("http://testserver:80/") is not None
+    scope = http_scope(server=None)
+    scope["headers"] = []
+    await ASGIHarness().run(mw, scope)
+    assert mw.cache.peek("http:///") is not None
+
+
+def test_memory_backend_runs_on_trio() -> None:
+    async def main() -> None:
+        origin = Origin(delay=0.01)
+        mw, _ = make(origin)
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(get, mw)
+        assert origin.calls == 1
+        assert status_of(await get(mw)).startswith("asgi-resilience; hit")
+
+    anyio.run(main, backend="trio")
