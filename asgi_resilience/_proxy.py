@@ -188,6 +188,11 @@ class TrustedProxies:
         return self._hops > 0 or bool(self._networks)
 
     @property
+    def warned(self) -> bool:
+        """Whether the one warning about untrusted forwarding headers was logged."""
+        return self._warned
+
+    @property
     def hops(self) -> int:
         return self._hops
 

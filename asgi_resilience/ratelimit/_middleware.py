@@ -186,6 +186,10 @@ class RateLimitMiddleware:
             if patterns:
                 self._exempt_regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
         self._endpoints = EndpointOptions(_CONCERN)
+        self._unfiltered = all(rule.path is None and rule.methods is None for rule in self.rules)
+        self._direct = not self.proxies.enabled
+        self._ip_cache: dict[str | None, str] = {}
+        self._attributes: dict[tuple[str, str], dict[str, str]] = {}
         # breaker around the storage (shared by all requests; per-request state stays in locals)
         self._open_until = 0.0
         self._cooldown = self.store_cooldown
@@ -246,7 +250,10 @@ class RateLimitMiddleware:
                 await self.app(scope, receive, send)
                 return
         method = scope.get("method")
-        rules = [rule for rule in self.rules if rule.matches(method, path)]
+        if self._unfiltered:
+            rules = list(self.rules)
+        else:
+            rules = [rule for rule in self.rules if rule.matches(method, path)]
         endpoint_rules = self._endpoints.lookup(scope)
         if endpoint_rules:
             rules.extend(rule for rule in endpoint_rules if rule.matches(method, path))
@@ -254,7 +261,10 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            checks = await self._checks(scope, rules)
+            if all(rule.static for rule in rules):
+                checks = self._static_checks(scope, rules)
+            else:
+                checks = await self._checks(scope, rules)
         except Exception:
             logger.exception("rate-limit key/limit/cost callable failed; the request is not limited")
             checks = []
@@ -294,6 +304,20 @@ class RateLimitMiddleware:
             append_headers(message, headers)
 
         await self.app(scope, receive, SendTracker(send, on_start))
+
+    def _static_checks(self, scope: Scope, rules: list[Rule]) -> list[Check]:
+        """Checks for rules with a fixed limit, a shorthand key and an int cost: no awaiting."""
+        checks: list[Check] = []
+        for rule in rules:
+            partition: Any = self._partition(rule.key, scope)
+            cost: Any = rule.cost
+            limits: Any = rule.limits
+            enforce = not (self.shadow or rule.shadow)
+            for nth, limit in enumerate(limits):
+                checks.append(
+                    Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce, rule.counter)
+                )
+        return checks
 
     async def _checks(self, scope: Scope, rules: list[Rule]) -> list[Check]:
         checks: list[Check] = []
@@ -355,10 +379,27 @@ class RateLimitMiddleware:
         return f"hdr:{header.lower()}:{raw.decode('latin-1').strip()}"
 
     def _ip_partition(self, scope: Scope) -> str:
-        ip = self.proxies.client_ip(scope)
-        if ip is None:
-            return "ip:unknown"
-        return "ip:" + network_key(ip, ipv6_prefix=self.ipv6_prefix)
+        if self._direct:
+            # no trusted proxy: the peer is the client (and a forwarding header earns one warning)
+            if not self.proxies.warned:
+                for name, _ in scope.get("headers", ()):
+                    if name == b"x-forwarded-for" or name == b"forwarded":
+                        self.proxies.client_ip(scope)
+                        break
+            client = scope.get("client")
+            peer = str(client[0]) if client else None
+            found = self._ip_cache.get(peer)
+            if found is not None:
+                return found
+            ip = self.proxies.client_ip({"client": client}) if client else None
+        else:
+            ip = self.proxies.client_ip(scope)
+        partition = "ip:unknown" if ip is None else "ip:" + network_key(ip, ipv6_prefix=self.ipv6_prefix)
+        if self._direct:
+            if len(self._ip_cache) >= 8192:
+                self._ip_cache.clear()
+            self._ip_cache[peer] = partition
+        return partition
 
     async def _decide(self, checks: list[Check]) -> list[Decision] | None | Literal[False]:
         if self._memory is not None:
@@ -416,8 +457,14 @@ class RateLimitMiddleware:
             elif results.get(check.rule) != "limited":
                 results[check.rule] = "shadow_limited"
         requests = self._requests
+        cache = self._attributes
         for rule, result in results.items():
-            requests.add(1, {"rule": rule, "result": result})
+            attributes = cache.get((rule, result))
+            if attributes is None:
+                if len(cache) > 4096:
+                    cache.clear()
+                attributes = cache[(rule, result)] = {"rule": rule, "result": result}
+            requests.add(1, attributes)
             if result == "shadow_limited":
                 logger.info("rate limit %r would reject this request (shadow mode)", rule)
 

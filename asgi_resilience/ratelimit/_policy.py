@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from limits import parse_many
 from limits.limits import RateLimitItem
@@ -51,8 +50,7 @@ KeySource = str | Callable[[Any], str | None | Awaitable[str | None]]
 CostSource = int | Callable[[Any], int | Awaitable[int]]
 
 
-@dataclass(frozen=True, slots=True)
-class Limit:
+class Limit(NamedTuple):
     """One parsed limit: ``amount`` hits per ``period_ms`` milliseconds."""
 
     amount: int
@@ -64,8 +62,7 @@ class Limit:
         return max(1, math.ceil(self.period_ms / 1000))
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome of one limit for one request.
 
     Attributes:
@@ -129,7 +126,19 @@ class Rule:
         shadow: decide and count, but never reject (dark launch).
     """
 
-    __slots__ = ("_path_regex", "cost", "counter", "key", "limit", "limits", "methods", "name", "path", "shadow")
+    __slots__ = (
+        "_path_regex",
+        "cost",
+        "counter",
+        "key",
+        "limit",
+        "limits",
+        "methods",
+        "name",
+        "path",
+        "shadow",
+        "static",
+    )
 
     def __init__(
         self,
@@ -177,6 +186,8 @@ class Rule:
         self.name: str = name
         self.counter = name  # what the storage keys use (decorated endpoints add their module path)
         self.shadow = bool(shadow)
+        # checks can be built without calling anything (the middleware's fast path)
+        self.static = self.limits is not None and isinstance(key, str) and isinstance(cost, int)
 
     def __repr__(self) -> str:
         return f"Rule({self.limit!r}, key={self.key!r}, path={self.path!r}, name={self.name!r})"

@@ -67,6 +67,7 @@ class MemoryStorage(RateLimitStorage):
     def __init__(self, *, clock: Clock = time.time) -> None:
         self._clock = clock
         self._data: dict[tuple[str, int, str], tuple[Any, int]] = {}
+        self._functions: dict[str, Any] = {}
         self._ops = 0
 
     def __len__(self) -> int:
@@ -74,7 +75,9 @@ class MemoryStorage(RateLimitStorage):
 
     def hit_now(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
         """The synchronous decision (what :meth:`hit` awaits)."""
-        decide = strategy_function(strategy)
+        decide = self._functions.get(strategy)
+        if decide is None:
+            decide = self._functions[strategy] = strategy_function(strategy)
         now_us = round(self._clock() * 1_000_000)
         now_ms = now_us // 1000
         data = self._data
