@@ -628,7 +628,8 @@ class Call:
             )
             return Step("retry", 0.0 if testing_enabled() else decision.delay, response, event=retry)
         event: RetryEvent | None = None
-        if decision.reason is not None and decision.reason != "method":
+        single = self.attempt == 1 and decision.reason == "attempts"  # retries were off: nothing given up
+        if decision.reason is not None and decision.reason != "method" and not single:
             self.stats[2] += 1
             event = RetryEvent(
                 "give_up", self.origin, self.method, path, self.attempt, decision.delay, decision.reason, status, error

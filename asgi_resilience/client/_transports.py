@@ -135,7 +135,7 @@ class AsyncRetryTransport(httpx.AsyncBaseTransport):
             if step.kind == "raise":
                 raise step.error  # type: ignore[misc]
             response = call.finish(step.response)  # type: ignore[arg-type]
-            if call.deadline != math.inf:
+            if call.deadline != math.inf and not response.is_closed:
                 response.stream = AsyncBody(response.stream, deadline=call.deadline, read_timeout=call.read_timeout)
             return response
 
@@ -215,7 +215,7 @@ class RetryTransport(httpx.BaseTransport):
             if step.kind == "raise":
                 raise step.error  # type: ignore[misc]
             response = call.finish(step.response)  # type: ignore[arg-type]
-            if call.deadline != math.inf:
+            if call.deadline != math.inf and not response.is_closed:
                 response.stream = SyncBody(response.stream, deadline=call.deadline)
             return response
 
@@ -303,7 +303,10 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
             if transitions:
                 await self._emit(breaker, transitions, time.time() - (now - started))
 
-        response.stream = AsyncBody(response.stream, on_close=finish)
+        if response.is_closed:  # already read (a MockTransport or a cache): it is complete now
+            await finish(None)
+        else:
+            response.stream = AsyncBody(response.stream, on_close=finish)
         return response
 
     async def _emit(self, breaker: CircuitBreaker, transitions: tuple[BreakerTransition, ...], epoch: float) -> None:
@@ -394,7 +397,10 @@ class CircuitBreakerTransport(httpx.BaseTransport):
             if transitions:
                 self._emit(breaker, transitions, time.time() - (now - started))
 
-        response.stream = SyncBody(response.stream, on_close=finish)
+        if response.is_closed:  # already read (a MockTransport or a cache): it is complete now
+            finish(None)
+        else:
+            response.stream = SyncBody(response.stream, on_close=finish)
         return response
 
     def _emit(self, breaker: CircuitBreaker, transitions: tuple[BreakerTransition, ...], epoch: float) -> None:
@@ -526,7 +532,10 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         async def release(error: BodyError) -> None:
             semaphore.release()
 
-        response.stream = AsyncBody(response.stream, on_close=release)
+        if response.is_closed:
+            semaphore.release()
+        else:
+            response.stream = AsyncBody(response.stream, on_close=release)
         return response
 
     async def aclose(self) -> None:
@@ -596,7 +605,10 @@ class ResilientTransport(httpx.BaseTransport):
         def release(error: BodyError) -> None:
             semaphore.release()
 
-        response.stream = SyncBody(response.stream, on_close=release)
+        if response.is_closed:
+            semaphore.release()
+        else:
+            response.stream = SyncBody(response.stream, on_close=release)
         return response
 
     def close(self) -> None:

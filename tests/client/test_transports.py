@@ -336,3 +336,54 @@ def test_resilient_client_wraps_transport_and_mounts(origin: Served) -> None:
         resilient_client(transport=httpx.HTTPTransport(), http2=True)
     with pytest.raises(TypeError, match="limits"):
         async_resilient_client(transport=httpx.AsyncHTTPTransport(), limits=httpx.Limits())
+
+
+# -- pre-read responses (MockTransport, caches) and tracing ---------------------------------------
+
+
+async def test_pre_read_responses_still_count_and_release() -> None:
+    mock = httpx.MockTransport(lambda request: httpx.Response(503))
+    transport = AsyncResilientTransport(
+        mock, retry=None, breaker=BreakerPolicy(minimum_calls=3), max_concurrent=1, total_timeout=1, attempt_timeout=1
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            assert (await client.get(URL)).status_code == 503  # one slot: each was released
+        with pytest.raises(CircuitOpenError):
+            await client.get(URL)
+
+
+def test_pre_read_responses_sync() -> None:
+    mock = httpx.MockTransport(lambda request: httpx.Response(500))
+    events: list[RetryEvent] = []
+    transport = ResilientTransport(
+        mock,
+        retry=None,
+        breaker=BreakerPolicy(minimum_calls=2),
+        max_concurrent=1,
+        total_timeout=1,
+        attempt_timeout=1,
+        on_give_up=events.append,
+    )
+    with httpx.Client(transport=transport) as client:
+        client.get(URL)
+        client.get(URL)
+        with pytest.raises(CircuitOpenError):
+            client.get(URL)
+    assert events == []  # retries were off: nothing was given up
+
+
+@respx.mock
+async def test_resend_count_on_the_current_span() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import use_span
+
+    from asgi_resilience.observability import Telemetry
+
+    respx.get(URL).mock(side_effect=[httpx.Response(503), httpx.Response(503), httpx.Response(200)])
+    span = TracerProvider().get_tracer("test").start_span("outbound")
+    transport = AsyncRetryTransport(policy=FAST, telemetry=Telemetry())
+    async with httpx.AsyncClient(transport=transport) as client:
+        with use_span(span, end_on_exit=True):
+            await client.get(URL)
+    assert span.attributes is not None and span.attributes["http.request.resend_count"] == 2
