@@ -187,6 +187,7 @@ class RateLimitMiddleware:
                 self._exempt_regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
         self._endpoints = EndpointOptions(_CONCERN)
         self._unfiltered = all(rule.path is None and rule.methods is None for rule in self.rules)
+        self._all_static = all(rule.static for rule in self.rules)
         self._direct = not self.proxies.enabled
         self._ip_cache: dict[str | None, str] = {}
         self._attributes: dict[tuple[str, str], dict[str, str]] = {}
@@ -195,7 +196,7 @@ class RateLimitMiddleware:
         self._cooldown = self.store_cooldown
         self._probing = False
         self._failures = 0
-        self._policy_cache: dict[tuple[str, int, int, int, bool], tuple[str, str]] = {}
+        self._policy_cache: dict[tuple[str, int, int, int], tuple[str, str]] = {}
         tel = resolve_telemetry(telemetry)
         self._telemetry = tel
         self._requests = tel.instrument("asgi_resilience.rate_limit.requests")
@@ -250,18 +251,21 @@ class RateLimitMiddleware:
                 await self.app(scope, receive, send)
                 return
         method = scope.get("method")
+        rules: Sequence[Rule]
+        static = self._all_static
         if self._unfiltered:
-            rules = list(self.rules)
+            rules = self.rules
         else:
             rules = [rule for rule in self.rules if rule.matches(method, path)]
         endpoint_rules = self._endpoints.lookup(scope)
         if endpoint_rules:
-            rules.extend(rule for rule in endpoint_rules if rule.matches(method, path))
+            rules = [*rules, *(rule for rule in endpoint_rules if rule.matches(method, path))]
+            static = all(rule.static for rule in rules)
         if not rules:
             await self.app(scope, receive, send)
             return
         try:
-            if all(rule.static for rule in rules):
+            if static:
                 checks = self._static_checks(scope, rules)
             else:
                 checks = await self._checks(scope, rules)
@@ -271,23 +275,15 @@ class RateLimitMiddleware:
         if not checks:
             await self.app(scope, receive, send)
             return
-        decisions = await self._decide(checks)
+        memory = self._memory
+        decisions = memory.hit_now(self.strategy, checks) if memory is not None else await self._decide(checks)
         if decisions is None:  # storage failed, fail open
             await self.app(scope, receive, send)
             return
         if decisions is False:  # storage failed, fail closed
             await self._reject_store(scope, receive, send)
             return
-        self._count(checks, decisions)
-        violated: list[str] = []
-        wait = 0.0
-        for check, decision in zip(checks, decisions, strict=True):
-            if not decision.allowed and check.enforce:
-                if check.rule not in violated:
-                    violated.append(check.rule)
-                if decision.retry_after is not None and decision.retry_after > wait:
-                    wait = decision.retry_after
-        headers = self._headers(checks, decisions)
+        headers, violated, wait = self._outcome(checks, decisions)
         if violated:
             self._telemetry.span_event("rate_limit.limited", {"rules": ",".join(violated)})
             exc = RateLimitExceeded(retry_after=max(wait, 0.001), violated_policies=violated)
@@ -305,7 +301,7 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, SendTracker(send, on_start))
 
-    def _static_checks(self, scope: Scope, rules: list[Rule]) -> list[Check]:
+    def _static_checks(self, scope: Scope, rules: Sequence[Rule]) -> list[Check]:
         """Checks for rules with a fixed limit, a shorthand key and an int cost: no awaiting."""
         checks: list[Check] = []
         for rule in rules:
@@ -313,13 +309,14 @@ class RateLimitMiddleware:
             cost: Any = rule.cost
             limits: Any = rule.limits
             enforce = not (self.shadow or rule.shadow)
+            multi = len(limits) > 1
             for nth, limit in enumerate(limits):
                 checks.append(
-                    Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce, rule.counter)
+                    Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce, rule.counter, multi)
                 )
         return checks
 
-    async def _checks(self, scope: Scope, rules: list[Rule]) -> list[Check]:
+    async def _checks(self, scope: Scope, rules: Sequence[Rule]) -> list[Check]:
         checks: list[Check] = []
         global_shadow = self.shadow
         for rule in rules:
@@ -345,9 +342,10 @@ class RateLimitMiddleware:
                 if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
                     raise ValueError(f"rule {rule.name!r}: cost callable returned {cost!r}, expected an int >= 0")
             enforce = not (global_shadow or rule.shadow)
+            multi = len(limits) > 1
             for nth, limit in enumerate(limits):
                 checks.append(
-                    Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce, rule.counter)
+                    Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce, rule.counter, multi)
                 )
         return checks
 
@@ -447,48 +445,50 @@ class RateLimitMiddleware:
             self._requests.add(1, {"rule": rule, "result": "store_error"})
         return None if self.on_store_error == "open" else False
 
-    def _count(self, checks: list[Check], decisions: list[Decision]) -> None:
-        results: dict[str, str] = {}
+    def _outcome(
+        self, checks: list[Check], decisions: list[Decision]
+    ) -> tuple[list[tuple[bytes, bytes]], list[str], float]:
+        """Count the decisions, collect violated policies and build the headers, in one pass."""
+        violated: list[str] = []
+        wait = 0.0
+        draft = self._draft_headers
+        policies: list[str] = []
+        states: list[str] = []
+        per_rule: dict[str, str] | None = None
+        cache = self._policy_cache
+        ceil = math.ceil
         for check, decision in zip(checks, decisions, strict=True):
+            retry = decision.retry_after
             if decision.allowed:
-                results.setdefault(check.rule, "allowed")
+                result = "allowed"
             elif check.enforce:
-                results[check.rule] = "limited"
-            elif results.get(check.rule) != "limited":
-                results[check.rule] = "shadow_limited"
-        requests = self._requests
-        cache = self._attributes
-        for rule, result in results.items():
-            attributes = cache.get((rule, result))
-            if attributes is None:
-                if len(cache) > 4096:
-                    cache.clear()
-                attributes = cache[(rule, result)] = {"rule": rule, "result": result}
-            requests.add(1, attributes)
-            if result == "shadow_limited":
-                logger.info("rate limit %r would reject this request (shadow mode)", rule)
-
-    def _headers(self, checks: list[Check], decisions: list[Decision]) -> list[tuple[bytes, bytes]]:
-        if not self._draft_headers and not self._legacy_headers:
-            return []
-        headers: list[tuple[bytes, bytes]] = []
-        if self._draft_headers:
-            policies = []
-            states = []
-            multi = {check.rule for check in checks if check.nth > 0}
-            cache = self._policy_cache
-            for check, decision in zip(checks, decisions, strict=True):
-                cache_key = (check.rule, check.nth, check.limit, check.period_ms, check.rule in multi)
-                found = cache.get(cache_key)
+                result = "limited"
+                if check.rule not in violated:
+                    violated.append(check.rule)
+                if retry is not None and retry > wait:
+                    wait = retry
+            else:
+                result = "shadow_limited"
+            if check.multi:  # one count per rule, the worst result of its limits
+                if per_rule is None:
+                    per_rule = {}
+                previous = per_rule.get(check.rule)
+                if previous is None or _RANK[result] > _RANK[previous]:
+                    per_rule[check.rule] = result
+            else:
+                self._record(check.rule, result)
+            if draft:
+                found = cache.get((check.rule, check.nth, check.limit, check.period_ms))
                 if found is None:
-                    window = max(1, math.ceil(check.period_ms / 1000))
-                    name = _sf_string(f"{check.rule}/{window}s" if check.rule in multi else check.rule)
-                    found = (name, f"{name};q={check.limit};w={window}")
-                    if len(cache) > 4096:
-                        cache.clear()
-                    cache[cache_key] = found
+                    found = self._policy_item(check)
+                reset = max(1, ceil(retry)) if retry is not None else max(0, ceil(decision.reset_after))
                 policies.append(found[1])
-                states.append(f"{found[0]};r={decision.remaining};t={_reset_seconds(decision)}")
+                states.append(f"{found[0]};r={decision.remaining};t={reset}")
+        if per_rule:
+            for rule, result in per_rule.items():
+                self._record(rule, result)
+        headers: list[tuple[bytes, bytes]] = []
+        if draft:
             headers.append((b"ratelimit-policy", ", ".join(policies).encode("latin-1")))
             headers.append((b"ratelimit", ", ".join(states).encode("latin-1")))
         if self._legacy_headers:
@@ -496,7 +496,26 @@ class RateLimitMiddleware:
             headers.append((b"x-ratelimit-limit", str(tight.limit).encode()))
             headers.append((b"x-ratelimit-remaining", str(tight.remaining).encode()))
             headers.append((b"x-ratelimit-reset", str(_reset_seconds(tight)).encode()))
-        return headers
+        return headers, violated, wait
+
+    def _record(self, rule: str, result: str) -> None:
+        attributes = self._attributes.get((rule, result))
+        if attributes is None:
+            if len(self._attributes) > 4096:
+                self._attributes.clear()
+            attributes = self._attributes[(rule, result)] = {"rule": rule, "result": result}
+        self._requests.add(1, attributes)
+        if result == "shadow_limited":
+            logger.info("rate limit %r would reject this request (shadow mode)", rule)
+
+    def _policy_item(self, check: Check) -> tuple[str, str]:
+        window = max(1, math.ceil(check.period_ms / 1000))
+        name = _sf_string(f"{check.rule}/{window}s" if check.multi else check.rule)
+        found = (name, f"{name};q={check.limit};w={window}")
+        if len(self._policy_cache) > 4096:
+            self._policy_cache.clear()
+        self._policy_cache[(check.rule, check.nth, check.limit, check.period_ms)] = found
+        return found
 
     async def _deny(
         self, scope: Scope, receive: Receive, send: Send, exc: RateLimitExceeded | StorageError, headers: Any
@@ -514,6 +533,9 @@ class RateLimitMiddleware:
         wait = max(1.0, self._open_until - self._clock())
         exc = StorageError("The rate limiter's storage is unavailable", retry_after=wait)
         await self._deny(scope, receive, send, exc, ())
+
+
+_RANK = {"allowed": 0, "shadow_limited": 1, "limited": 2}
 
 
 def _reset_seconds(decision: Decision) -> int:

@@ -36,6 +36,7 @@ class Check(NamedTuple):
     cost: int
     enforce: bool
     counter: str = ""  # the counter's identity when it differs from ``rule`` (decorated endpoints)
+    multi: bool = False  # the rule has several limits (each is its own policy in headers)
 
 
 class RateLimitStorage(ABC):
