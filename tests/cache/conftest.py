@@ -8,10 +8,14 @@ from typing import Any
 
 import anyio
 
+from asgi_resilience import Telemetry
 from asgi_resilience.testing import ASGIHarness, http_scope
 from asgi_resilience.types import Message, Receive, Scope, Send
 
 T0 = 1_700_000_000.0
+# Disabled telemetry of our own: ``telemetry=False`` would register our instruments on the shared NOOP
+# object, which tests/observability inspects.
+OFF = Telemetry(enabled=False)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from asgi_resilience import CacheMiddleware
 from asgi_resilience.testing import ASGIHarness, ManualClock, http_scope
 
-from .conftest import T0
+from .conftest import OFF, T0
 
 USERS = ["alice", "bob", "carol"]
 
@@ -86,7 +86,7 @@ def test_no_response_crosses_credentials(
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         await send({"type": "http.response.body", "body": identity(headers)})
 
-    mw = CacheMiddleware(origin, clock=ManualClock(T0), cookie_policy=cookie_policy, telemetry=False)  # type: ignore[arg-type]
+    mw = CacheMiddleware(origin, clock=ManualClock(T0), cookie_policy=cookie_policy, telemetry=OFF)  # type: ignore[arg-type]
 
     async def run() -> None:
         for user, kind, lang in requests:
@@ -118,7 +118,7 @@ def test_anonymous_request_never_gets_an_authorized_private_body() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"cache-control", b"max-age=600")]})
         await send({"type": "http.response.body", "body": auth})
 
-    mw = CacheMiddleware(me, clock=ManualClock(T0), telemetry=False)
+    mw = CacheMiddleware(me, clock=ManualClock(T0), telemetry=OFF)
 
     async def run() -> None:
         a = await ASGIHarness().run(mw, http_scope(headers=[("authorization", "Bearer alice")]))

@@ -13,12 +13,12 @@ from asgi_resilience import Cache, CacheMiddleware, CacheRule, ConfigurationErro
 from asgi_resilience.testing import ASGIHarness, ManualClock, http_scope
 from asgi_resilience.types import Receive, Scope, Send
 
-from .conftest import T0, Origin, body_messages, get, status_of
+from .conftest import OFF, T0, Origin, body_messages, get, status_of
 
 
 def make(origin: Origin, clock: ManualClock | None = None, **kwargs: Any) -> tuple[CacheMiddleware, ManualClock]:
     clock = clock or ManualClock(T0)
-    return CacheMiddleware(origin, clock=clock, telemetry=False, **kwargs), clock
+    return CacheMiddleware(origin, clock=clock, telemetry=OFF, **kwargs), clock
 
 
 def http_date(ts: float) -> str:
@@ -462,8 +462,8 @@ async def test_purge_by_url_tag_and_clear() -> None:
         return 200, [("cache-control", "max-age=60"), ("cache-tag", f"all,{scope['path'][1:]}")], [b"x"]
 
     origin = Origin(respond=respond)
-    shared = Cache(clock=ManualClock(T0), telemetry=False)
-    mw = CacheMiddleware(origin, cache=shared, telemetry=False)
+    shared = Cache(clock=ManualClock(T0), telemetry=OFF)
+    mw = CacheMiddleware(origin, cache=shared, telemetry=OFF)
     for path in ("/a", "/b", "/c?x=1&y=2"):
         await get(mw, path)
     assert await shared.purge("http://testserver/a") == 1
@@ -585,7 +585,7 @@ async def test_stale_if_error_on_5xx_exception_and_missing_response() -> None:
 
 async def test_stale_if_error_when_timeout_middleware_answers_504() -> None:
     origin = Origin(headers=[("cache-control", "max-age=1")])
-    slow = TimeoutMiddleware(origin, timeout=0.05, telemetry=False)
+    slow = TimeoutMiddleware(origin, timeout=0.05, telemetry=OFF)
     mw, clock = make(origin, stale_if_error=120)
     mw.app = slow
     await get(mw)
@@ -765,7 +765,7 @@ async def test_decorator_and_rules_with_starlette() -> None:
 
     app = Starlette(routes=[Route("/product", product), Route("/ruled", ruled), Route("/never/x", never)])
     app.add_middleware(
-        CacheMiddleware, rules=[CacheRule("/ruled", ttl=5), CacheRule("/never/*", bypass=True)], telemetry=False
+        CacheMiddleware, rules=[CacheRule("/ruled", ttl=5), CacheRule("/never/*", bypass=True)], telemetry=OFF
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
         r1 = await client.get("/product")
@@ -797,7 +797,7 @@ async def test_non_http_scopes_pass_through_and_lifespan_closes_owned_cache() ->
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    mw = CacheMiddleware(app, telemetry=False)
+    mw = CacheMiddleware(app, telemetry=OFF)
     await mw(http_scope(type="websocket"), _never, _drop)
     messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
 
@@ -833,7 +833,7 @@ async def test_options_requests_bypass() -> None:
         ({"heuristic_fraction": 2}, "heuristic_fraction"),
         ({"rules": ["/x"]}, "CacheRule"),
         ({"cache": object()}, "Cache instance"),
-        ({"cache": Cache(telemetry=False), "l1_entries": 5}, "not both"),
+        ({"cache": Cache(telemetry=OFF), "l1_entries": 5}, "not both"),
         ({"backend": "ftp://x"}, "backend"),
         ({"backend": 42}, "backend"),
         ({"l1_entries": -1}, "l1_entries"),

@@ -16,7 +16,7 @@ import redis
 from asgi_resilience import Cache, CacheMiddleware, Telemetry
 from asgi_resilience.testing import ASGIHarness, ManualClock, RedisServer
 
-from .conftest import T0, Origin, get, status_of
+from .conftest import OFF, T0, Origin, get, status_of
 
 pytestmark = pytest.mark.redis
 
@@ -42,7 +42,7 @@ async def caches() -> AsyncIterator[list[Cache]]:
 
 def new_cache(made: list[Cache], url: str, **kwargs: Any) -> Cache:
     kwargs.setdefault("clock", ManualClock(T0))
-    kwargs.setdefault("telemetry", False)
+    kwargs.setdefault("telemetry", OFF)
     kwargs.setdefault("backend_timeout", 2.0)  # a loaded CI machine must not turn these tests into outage tests
     cache = Cache(url, **kwargs)
     made.append(cache)
@@ -51,7 +51,7 @@ def new_cache(made: list[Cache], url: str, **kwargs: Any) -> Cache:
 
 async def test_hit_is_one_round_trip_and_l1_hit_is_zero(redis_url: str, caches: list[Cache]) -> None:
     origin = Origin()
-    mw = CacheMiddleware(origin, cache=new_cache(caches, redis_url), telemetry=False)
+    mw = CacheMiddleware(origin, cache=new_cache(caches, redis_url), telemetry=OFF)
     await get(mw)
     before = commands(redis_url)
     for _ in range(10):
@@ -59,7 +59,7 @@ async def test_hit_is_one_round_trip_and_l1_hit_is_zero(redis_url: str, caches: 
     assert commands(redis_url) - before == 10
     assert origin.calls == 1
 
-    l1 = CacheMiddleware(origin, cache=new_cache(caches, redis_url, l1_entries=100), telemetry=False)
+    l1 = CacheMiddleware(origin, cache=new_cache(caches, redis_url, l1_entries=100), telemetry=OFF)
     await get(l1)  # fills the L1 from Redis
     before = commands(redis_url)
     for _ in range(10):
@@ -70,7 +70,7 @@ async def test_hit_is_one_round_trip_and_l1_hit_is_zero(redis_url: str, caches: 
 
 async def test_entries_are_msgpack_with_ttl_and_indexes(redis_url: str, caches: list[Cache]) -> None:
     origin = Origin(headers=[("cache-control", "max-age=60"), ("surrogate-key", "a")])
-    mw = CacheMiddleware(origin, cache=new_cache(caches, redis_url), telemetry=False)
+    mw = CacheMiddleware(origin, cache=new_cache(caches, redis_url), telemetry=OFF)
     await get(mw, "/x?b=1&a=2")
     client = redis.Redis.from_url(redis_url)
     try:
@@ -97,7 +97,7 @@ async def test_vary_soft_purge_and_clear_on_redis(redis_url: str, caches: list[C
         return 200, headers, [lang]
 
     origin = Origin(respond=respond)
-    mw = CacheMiddleware(origin, cache=new_cache(caches, redis_url), telemetry=False)
+    mw = CacheMiddleware(origin, cache=new_cache(caches, redis_url), telemetry=OFF)
     assert (await get(mw, headers=[("accept-language", "en")])).body == b"en"
     assert (await get(mw, headers=[("accept-language", "fr")])).body == b"fr"
     assert (await get(mw, headers=[("accept-language", "en")])).body == b"en"
@@ -126,8 +126,8 @@ async def wait_until(predicate: Callable[[], bool], within: float = 1.0) -> floa
 
 async def test_purge_reaches_the_other_instance_l1_within_one_second(redis_url: str, caches: list[Cache]) -> None:
     origin = Origin(headers=[("cache-control", "max-age=600"), ("surrogate-key", "p")])
-    a = CacheMiddleware(origin, cache=new_cache(caches, redis_url, l1_entries=100), telemetry=False)
-    b = CacheMiddleware(origin, cache=new_cache(caches, redis_url, l1_entries=100), telemetry=False)
+    a = CacheMiddleware(origin, cache=new_cache(caches, redis_url, l1_entries=100), telemetry=OFF)
+    b = CacheMiddleware(origin, cache=new_cache(caches, redis_url, l1_entries=100), telemetry=OFF)
     await get(a, "/p")
     await get(b, "/p")
     await get(a, "/q")
@@ -149,7 +149,7 @@ async def test_purge_reaches_the_other_instance_l1_within_one_second(redis_url: 
 async def test_purge_from_another_process(redis_url: str, caches: list[Cache]) -> None:
     """A real second process purges a tag; this process' L1 drops the entry within one second."""
     origin = Origin(headers=[("cache-control", "max-age=600"), ("cache-tag", "shared")])
-    mw = CacheMiddleware(origin, cache=new_cache(caches, redis_url, l1_entries=100, clock=time.time), telemetry=False)
+    mw = CacheMiddleware(origin, cache=new_cache(caches, redis_url, l1_entries=100, clock=time.time), telemetry=OFF)
     await get(mw)
     await get(mw)
     l1 = mw.cache.l1
@@ -181,7 +181,7 @@ async def test_purge_from_another_process(redis_url: str, caches: list[Cache]) -
 async def test_lease_collapses_misses_across_instances(redis_url: str, caches: list[Cache]) -> None:
     """Two middlewares with their own Cache objects (as two workers would have) make one app call."""
     origin = Origin(delay=0.1)
-    workers = [CacheMiddleware(origin, cache=new_cache(caches, redis_url), telemetry=False) for _ in range(2)]
+    workers = [CacheMiddleware(origin, cache=new_cache(caches, redis_url), telemetry=OFF) for _ in range(2)]
     results: list[ASGIHarness] = []
 
     async def one(mw: CacheMiddleware) -> None:
@@ -236,9 +236,9 @@ async def test_redis_killed_mid_run_serves_from_the_app(redis_factory: Callable[
 async def test_slow_redis_times_out_as_a_miss(redis_factory: Callable[..., RedisServer]) -> None:
     server = redis_factory("--enable-debug-command", "yes")
     clock = ManualClock(T0)
-    cache = Cache(server.url, clock=clock, telemetry=False, backend_timeout=0.1)
+    cache = Cache(server.url, clock=clock, telemetry=OFF, backend_timeout=0.1)
     origin = Origin()
-    mw = CacheMiddleware(origin, cache=cache, telemetry=False)
+    mw = CacheMiddleware(origin, cache=cache, telemetry=OFF)
     blocker = redis.Redis.from_url(server.url)
     try:
         await get(mw)
@@ -263,8 +263,8 @@ async def test_redis_client_instance_and_aclose_keep_it_open(redis_url: str) -> 
     import redis.asyncio as aredis
 
     client = aredis.Redis.from_url(redis_url)
-    cache = Cache(client, telemetry=False)
-    mw = CacheMiddleware(Origin(), cache=cache, telemetry=False)
+    cache = Cache(client, telemetry=OFF)
+    mw = CacheMiddleware(Origin(), cache=cache, telemetry=OFF)
     await get(mw)
     await cache.aclose()
     assert await client.ping()
