@@ -1,12 +1,13 @@
 """Overhead of the outbound transports against a loopback uvicorn origin, in one run.
 
-    python benchmarks/client.py [--calls 2000] [--rounds 5]
+    python benchmarks/client.py [--calls 300] [--rounds 15]
 
 Every variant sends the same sequential GETs over keep-alive to one uvicorn worker (a separate
 process, stopped by its pid). Variants run interleaved, round after round, and the table reports
-the median over rounds of the mean time per call, and its overhead against bare httpx measured in
-the same rounds. Then the time to refuse a call with an open breaker, at the transport and through
-the client, against pybreaker's open-state refusal.
+the median over rounds of the mean wall time per call and of the client's CPU time per call, each
+against bare httpx measured in the same rounds (on a busy machine the CPU column is the stable one:
+waiting for the origin costs the client no CPU). Then the time to refuse a call with an open
+breaker, at the transport and through the client, against pybreaker's open-state refusal.
 
 Peers (the ``bench`` extra): httpx-retries, pybreaker.
 """
@@ -23,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
+import httpx
 
-from asgi_resilience import (  # noqa: E402
+from asgi_resilience import (
     AsyncCircuitBreakerTransport,
     AsyncResilientTransport,
     AsyncRetryTransport,
@@ -35,7 +36,7 @@ from asgi_resilience import (  # noqa: E402
     ResilientTransport,
     RetryTransport,
 )
-from benchmarks._support import Uvicorn, print_table  # noqa: E402
+from benchmarks._support import Uvicorn, print_table
 
 try:
     import httpx_retries
@@ -72,13 +73,11 @@ def async_variants(url: str) -> dict[str, Callable[[], httpx.AsyncClient]]:
         "AsyncResilientTransport": lambda: httpx.AsyncClient(transport=AsyncResilientTransport(telemetry=False)),
     }
     if httpx_retries is not None:
-        variants["httpx-retries RetryTransport"] = lambda: httpx.AsyncClient(
-            transport=httpx_retries.RetryTransport()
-        )
+        variants["httpx-retries RetryTransport"] = lambda: httpx.AsyncClient(transport=httpx_retries.RetryTransport())
     return variants
 
 
-def run_sync(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
+def run_sync(url: str, calls: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
     clients = {name: make() for name, make in sync_variants(url).items()}
     calls_for: dict[str, Callable[[], object]] = {name: (lambda c=c: c.get(url)) for name, c in clients.items()}
     if pybreaker is not None:
@@ -86,7 +85,7 @@ def run_sync(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
         bare = httpx.Client()
         clients["pybreaker around bare httpx"] = bare
         calls_for["pybreaker around bare httpx"] = lambda: breaker.call(bare.get, url)
-    samples: dict[str, list[float]] = {name: [] for name in calls_for}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in calls_for}
     stop = time.monotonic() + MAX_SECONDS
     for fn in calls_for.values():  # warm up connections
         for _ in range(50):
@@ -95,18 +94,18 @@ def run_sync(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
         for name, fn in calls_for.items():
             if time.monotonic() > stop:
                 break
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for _ in range(calls):
                 fn()
-            samples[name].append((time.perf_counter() - started) / calls)
+            samples[name].append(((time.perf_counter() - started) / calls, (time.process_time() - cpu) / calls))
     for client in clients.values():
         client.close()
     return samples
 
 
-async def run_async(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
+async def run_async(url: str, calls: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
     clients = {name: make() for name, make in async_variants(url).items()}
-    samples: dict[str, list[float]] = {name: [] for name in clients}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
     stop = time.monotonic() + MAX_SECONDS
     for client in clients.values():
         for _ in range(50):
@@ -115,86 +114,103 @@ async def run_async(url: str, calls: int, rounds: int) -> dict[str, list[float]]
         for name, client in clients.items():
             if time.monotonic() > stop:
                 break
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for _ in range(calls):
                 await client.get(url)
-            samples[name].append((time.perf_counter() - started) / calls)
+            samples[name].append(((time.perf_counter() - started) / calls, (time.process_time() - cpu) / calls))
     for client in clients.values():
         await client.aclose()
     return samples
 
 
-def overhead_rows(samples: dict[str, list[float]]) -> list[list[str]]:
-    base = statistics.median(samples["bare httpx"])
+def overhead_rows(samples: dict[str, list[tuple[float, float]]]) -> list[list[str]]:
+    """Wall time per call, and client CPU time per call (what the client itself spends: robust to a
+    busy machine, since waiting for the origin costs no CPU)."""
+    base_wall = statistics.median(w for w, _ in samples["bare httpx"])
+    base_cpu = statistics.median(c for _, c in samples["bare httpx"])
     rows = []
     for name, values in samples.items():
-        median = statistics.median(values)
-        ratio = median / base
-        rows.append([name, f"{median * 1e6:.0f}", f"{ratio:.3f}", f"{(ratio - 1) * 100:+.1f} %"])
+        wall = statistics.median(w for w, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        rows.append(
+            [
+                name,
+                f"{wall * 1e6:.0f}",
+                f"{(wall / base_wall - 1) * 100:+.1f} %",
+                f"{cpu * 1e6:.0f}",
+                f"{(cpu - base_cpu) * 1e6:+.0f}",
+                f"{(cpu / base_cpu - 1) * 100:+.1f} %",
+            ]
+        )
     return rows
 
 
 def time_per_call(fn: Callable[[], object], n: int) -> float:
-    started = time.perf_counter()
+    """Client CPU seconds per call (a refusal does no I/O: CPU time is immune to a busy machine)."""
+    started = time.process_time()
     for _ in range(n):
         try:
             fn()
         except Exception:  # the refusal under test
             pass
-    return (time.perf_counter() - started) / n
+    return (time.process_time() - started) / n
 
 
 async def atime_per_call(fn: Callable[[], Awaitable[object]], n: int) -> float:
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(n):
         try:
             await fn()
         except Exception:
             pass
-    return (time.perf_counter() - started) / n
+    return (time.process_time() - started) / n
+
+
+class _Failing(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("down", request=request)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("down", request=request)
 
 
 async def rejection_rows(n: int) -> list[list[str]]:
     url = "http://127.0.0.1:9/never"  # nothing is sent while the breaker is open
     policy = BreakerPolicy(consecutive_failures=1, break_duration=600.0, max_break_duration=600.0)
-
-    class Failing(httpx.BaseTransport, httpx.AsyncBaseTransport):
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            raise httpx.ConnectError("down", request=request)
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            raise httpx.ConnectError("down", request=request)
-
-    sync_transport = CircuitBreakerTransport(Failing(), policy=policy, shared=False, telemetry=False)
-    async_transport = AsyncCircuitBreakerTransport(Failing(), policy=policy, shared=False, telemetry=False)
+    quiet = {"shared": False, "telemetry": False, "on_transition": lambda transition: None}
+    sync_transport = CircuitBreakerTransport(_Failing(), policy=policy, **quiet)  # type: ignore[arg-type]
+    async_transport = AsyncCircuitBreakerTransport(_Failing(), policy=policy, **quiet)  # type: ignore[arg-type]
     request = httpx.Request("GET", url)
-    for transport_call in (lambda: sync_transport.handle_request(request),):
+    for opener in (lambda: sync_transport.handle_request(request),):
         try:
-            transport_call()
+            opener()
         except httpx.ConnectError:
             pass
     try:
         await async_transport.handle_async_request(request)
     except httpx.ConnectError:
         pass
-
-    rows: list[list[str]] = []
-
-    def check(fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except CircuitOpenError:
-            return
+    try:
+        sync_transport.handle_request(request)
         raise AssertionError("the breaker is not open")
+    except CircuitOpenError:
+        pass
 
-    check(lambda: sync_transport.handle_request(request))
-    rows.append(
-        ["CircuitBreakerTransport.handle_request", f"{time_per_call(lambda: sync_transport.handle_request(request), n) * 1e6:.2f}"]
-    )
-    async_us = await atime_per_call(lambda: async_transport.handle_async_request(request), n) * 1e6
-    rows.append(["AsyncCircuitBreakerTransport.handle_async_request", f"{async_us:.2f}"])
+    def us(seconds: float) -> str:
+        return f"{seconds * 1e6:.2f}"
+
+    rows = [
+        [
+            "CircuitBreakerTransport.handle_request",
+            us(time_per_call(lambda: sync_transport.handle_request(request), n)),
+        ],
+        [
+            "AsyncCircuitBreakerTransport.handle_async_request",
+            us(await atime_per_call(lambda: async_transport.handle_async_request(request), n)),
+        ],
+    ]
     with httpx.Client(transport=sync_transport) as client:
-        rows.append(["httpx.Client.get through CircuitBreakerTransport", f"{time_per_call(lambda: client.get(url), n) * 1e6:.2f}"])
+        rows.append(["httpx.Client.get through CircuitBreakerTransport", us(time_per_call(lambda: client.get(url), n))])
     if pybreaker is not None:
         breaker = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=600)
 
@@ -205,17 +221,19 @@ async def rejection_rows(n: int) -> list[list[str]]:
             breaker.call(down)
         except (ConnectionError, pybreaker.CircuitBreakerError):
             pass
-        rows.append(["pybreaker.CircuitBreaker.call (open)", f"{time_per_call(lambda: breaker.call(down), n) * 1e6:.2f}"])
+        rows.append(
+            ["pybreaker.CircuitBreaker.call (open), reference", us(time_per_call(lambda: breaker.call(down), n))]
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=2000, help="sequential calls per variant and round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
+    parser.add_argument("--calls", type=int, default=300, help="sequential calls per variant and round")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (the median is reported)")
     parser.add_argument("--rejections", type=int, default=20000, help="refusals timed per open-breaker row")
     args = parser.parse_args()
-    headers = ["variant", "us/call (median)", "x bare", "overhead"]
+    headers = ["variant", "wall us/call", "wall vs bare", "client CPU us/call", "CPU us vs bare", "CPU vs bare"]
     with Uvicorn("benchmarks.e2e_origin:app", extra=["--no-server-header"]) as origin:
         url = origin.url + "/data"
         print(f"origin: uvicorn (1 worker) on {origin.url}; {args.calls} sequential GETs x {args.rounds} rounds\n")
@@ -223,7 +241,7 @@ def main() -> None:
         print_table(headers, overhead_rows(run_sync(url, args.calls, args.rounds)))
         print("\nAsync httpx.AsyncClient (asyncio)")
         print_table(headers, overhead_rows(asyncio.run(run_async(url, args.calls, args.rounds))))
-    print(f"\nRefusal by an open breaker (nothing sent), mean of {args.rejections}")
+    print(f"\nRefusal by an open breaker (nothing sent), CPU time, mean of {args.rejections}")
     print_table(["path", "us/refusal"], asyncio.run(rejection_rows(args.rejections)))
 
 
