@@ -310,11 +310,16 @@ def _normalize_value(value: bytes) -> bytes:
 
 
 def vary_values(names: Sequence[bytes], headers: RawHeaders) -> tuple[tuple[bytes, bytes], ...]:
-    """The request's (normalised) values of the ``Vary`` fields: the secondary key (RFC 9111 4.1)."""
+    """The secondary key (RFC 9111 4.1): a digest of each ``Vary`` field's normalised request value.
+
+    Digests, not values, are stored, so ``Vary: Authorization``/``Cookie`` never put credentials in
+    the backend.
+    """
     out = []
     for name in names:
         values = _headers_all(headers, name)
-        out.append((name, _normalize_value(b",".join(values)) if values else b"\x00absent"))
+        value = _normalize_value(b",".join(values)) if values else b"\x00absent"
+        out.append((name, hashlib.blake2b(value, digest_size=12).digest()))
     return tuple(out)
 
 
