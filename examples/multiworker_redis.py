@@ -41,7 +41,12 @@ async def pid(request: Request) -> JSONResponse:
 
 app = resilient(
     Starlette(routes=[Route("/", home), Route("/report", report), Route("/pid", pid)]),
-    rate_limit={"rules": [Rule("10/minute", name="per-client")], "exempt": ["/pid", "/report"]},
+    # moving-window: exactly 10 in any rolling minute, whichever worker counts
+    rate_limit={
+        "rules": [Rule("10/minute", name="per-client")],
+        "strategy": "moving-window",
+        "exempt": ["/pid", "/report"],
+    },
     cache=True,
     redis=REDIS_URL,  # one client per worker, shared by the limiter and the cache
 )

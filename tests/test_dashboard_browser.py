@@ -120,14 +120,21 @@ def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
             # Playwright's sync API owns this thread's event loop: drive the client from another thread.
             with ThreadPoolExecutor(1) as pool:
                 opened_at = pool.submit(asyncio.run, open_breaker(telemetry, origin)).result(timeout=30)
-            row = page.wait_for_selector(f'tr.breaker[data-origin^="{origin}"][data-state="open"]', timeout=2000)
+            selector = f'tr.breaker[data-origin^="{origin}"][data-state="open"]'
+            page.wait_for_selector(selector, timeout=2000)
             shown_after = time.monotonic() - opened_at
-            assert row is not None
             assert shown_after < 2.0
-            assert row.query_selector("td.state").inner_text().lower() == "open"
-            colour = row.query_selector("td.state").evaluate("el => getComputedStyle(el).backgroundColor")
+            # the page re-renders every event: read everything in one evaluation, never from a stale handle
+            text, colour, panel_class = page.evaluate(
+                """(selector) => {
+                    const cell = document.querySelector(selector + " td.state");
+                    return [cell.textContent, getComputedStyle(cell).backgroundColor,
+                            document.getElementById("breakers").className];
+                }""",
+                selector,
+            )
+            assert text.lower() == "open"
             assert colour == "rgb(214, 51, 47)"  # the red of an open breaker
-            panel_class = page.query_selector("#breakers").get_attribute("class") or ""
             assert "lvl-red" in panel_class
             page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
         finally:
