@@ -483,7 +483,8 @@ class CacheMiddleware:
         self._flights[key] = flight
         # the client's own conditionals must not turn the refresh into a 304 we cannot store
         headers, _ = revalidation_headers(req.headers, stale)
-        refresh = _Request(**{**req.__dict__, "scope": {**req.scope, "headers": headers}, "headers": headers})
+        scope = {**req.scope, "headers": headers, "method": "GET"}  # a HEAD's refresh fetches the storable GET
+        refresh = _Request(**{**req.__dict__, "scope": scope, "headers": headers, "method": "GET"})
         try:
             await self._forward(refresh, receive, discard, stale, flight, silent=True)
         except Exception as exc:

@@ -955,3 +955,16 @@ def test_memory_backend_runs_on_trio() -> None:
         assert status_of(await get(mw)).startswith("asgi-resilience; hit")
 
     anyio.run(main, backend="trio")
+
+
+async def test_head_request_on_a_stale_entry_refreshes_with_a_get() -> None:
+    origin = Origin(headers=[("cache-control", "max-age=10, stale-while-revalidate=60")], chunks=[b"v1"])
+    mw, clock = make(origin)
+    await get(mw)
+    clock.advance(20)
+    origin.chunks = [b"v2"]
+    head = await get(mw, method="HEAD")
+    assert head.body == b"" and "fwd=stale" in status_of(head)
+    assert origin.seen[-1]["method"] == "GET"
+    fresh = await get(mw)
+    assert fresh.body == b"v2" and status_of(fresh).startswith("asgi-resilience; hit; ttl=")
