@@ -375,7 +375,7 @@ class AsyncBody(httpx.AsyncByteStream):
             while True:
                 left = self._deadline - time.monotonic()
                 try:
-                    if left > self._read_timeout:  # httpx's read timeout fires first: no cancel scope needed
+                    if left > self._read_timeout or left == math.inf:  # httpx's read timeout fires first
                         chunk = await iterator.__anext__()
                     else:
                         with anyio.fail_after(max(left, 0.0)):
