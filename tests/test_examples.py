@@ -2,6 +2,7 @@
 
 * every example imports cleanly and, when it defines an ASGI ``app``, answers ``GET /`` without a 5xx
   (an example may also define ``smoke()``, sync or async, which is then called);
+* every example without an ``app`` runs its ``async def main()`` (client examples run offline);
 * every example that reads ``PORT`` runs as a script (``python examples/x.py``) and serves requests;
 * the examples of this issue and the demo get behaviour checks (429, 504, breaker, shared Redis).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -81,7 +83,11 @@ async def test_every_example_imports_and_serves(path: Path, example_env: Any) ->
             await result
     app = getattr(module, "app", None)
     if app is None:
-        assert smoke is not None or hasattr(module, "main"), f"{path.name} defines neither app, main nor smoke"
+        main = getattr(module, "main", None)
+        assert smoke is not None or main is not None, f"{path.name} defines neither app, main nor smoke"
+        if inspect.iscoroutinefunction(main) and not inspect.signature(main).parameters:
+            with anyio.fail_after(60):  # client examples run offline against simulated upstreams
+                await main()
         return
     async with client_for(app) as client:
         response = await client.get("/")
