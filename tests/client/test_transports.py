@@ -387,3 +387,15 @@ async def test_resend_count_on_the_current_span() -> None:
         with use_span(span, end_on_exit=True):
             await client.get(URL)
     assert span.attributes is not None and span.attributes["http.request.resend_count"] == 2
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_async_transports_run_on_trio(anyio_backend: str, origin: Served) -> None:
+    transport = AsyncResilientTransport(
+        retry=FAST, breaker=BreakerPolicy(minimum_calls=5), total_timeout=0.8, attempt_timeout=0.5, max_concurrent=2
+    )
+    async with httpx.AsyncClient(transport=transport, base_url=origin.url) as client:
+        assert (await client.get("/flaky", params={"key": "trio", "fail": 1})).status_code == 200
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/drip", params={"chunks": 40, "gap_ms": 50})  # the deadline cuts the body
+    assert origin.log.hits["trio"] == 2
