@@ -191,6 +191,7 @@ class RateLimitMiddleware:
         self._direct = not self.proxies.enabled
         self._ip_cache: dict[str | None, str] = {}
         self._attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self._policy_headers: dict[str, tuple[bytes, bytes]] = {}
         # breaker around the storage (shared by all requests; per-request state stays in locals)
         self._open_until = 0.0
         self._cooldown = self.store_cooldown
@@ -489,8 +490,14 @@ class RateLimitMiddleware:
                 self._record(rule, result)
         headers: list[tuple[bytes, bytes]] = []
         if draft:
-            headers.append((b"ratelimit-policy", ", ".join(policies).encode("latin-1")))
-            headers.append((b"ratelimit", ", ".join(states).encode("latin-1")))
+            joined = policies[0] if len(policies) == 1 else ", ".join(policies)
+            policy_header = self._policy_headers.get(joined)
+            if policy_header is None:
+                if len(self._policy_headers) > 1024:
+                    self._policy_headers.clear()
+                policy_header = self._policy_headers[joined] = (b"ratelimit-policy", joined.encode("latin-1"))
+            headers.append(policy_header)
+            headers.append((b"ratelimit", (states[0] if len(states) == 1 else ", ".join(states)).encode("latin-1")))
         if self._legacy_headers:
             tight = min(decisions, key=lambda d: (d.remaining, -_reset_seconds(d)))
             headers.append((b"x-ratelimit-limit", str(tight.limit).encode()))

@@ -82,6 +82,19 @@ class MemoryStorage(RateLimitStorage):
         now_us = round(self._clock() * 1_000_000)
         now_ms = now_us // 1000
         data = self._data
+        self._ops += 1
+        if self._ops >= _SWEEP_EVERY:
+            self._ops = 0
+            self.sweep(now_ms)
+        if len(checks) == 1:  # the common case, without the two-phase bookkeeping
+            check = checks[0]
+            key = (check.counter or check.rule, check.nth, check.partition)
+            entry = data.get(key)
+            state = entry[0] if entry is not None and entry[1] > now_ms else None
+            decision, new_state, ttl = decide(state, now_ms, now_us, check.limit, check.period_ms, check.cost)
+            if decision.allowed:
+                data[key] = (new_state, now_ms + max(1, ttl))
+            return [decision]
         outcomes = []
         admitted = True
         for check in checks:
@@ -98,10 +111,6 @@ class MemoryStorage(RateLimitStorage):
                     data[key] = (new_state, now_ms + max(1, ttl))
         else:
             return [_uncommitted(d, c.cost) for (_, d, _, _), c in zip(outcomes, checks, strict=True)]
-        self._ops += 1
-        if self._ops >= _SWEEP_EVERY:
-            self._ops = 0
-            self.sweep(now_ms)
         return [outcome[1] for outcome in outcomes]
 
     async def hit(self, strategy: str, checks: Sequence[Check]) -> list[Decision]:
