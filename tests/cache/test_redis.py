@@ -269,3 +269,48 @@ async def test_redis_client_instance_and_aclose_keep_it_open(redis_url: str) -> 
     await cache.aclose()
     assert await client.ping()
     await client.aclose()
+
+
+async def test_l1_entry_never_outlives_its_freshness(redis_url: str, caches: list[Cache]) -> None:
+    clock = ManualClock(T0)
+    origin = Origin(headers=[("cache-control", "max-age=10, stale-while-revalidate=60"), ("cache-tag", "t")])
+    cache = new_cache(caches, redis_url, l1_entries=10, clock=clock)
+    mw = CacheMiddleware(origin, cache=cache, telemetry=OFF)
+    await get(mw)
+    assert cache.l1 is not None and cache.l1.peek("http://testserver/") is not None
+    clock.advance(10)
+    assert cache.l1.peek("http://testserver/") is None  # stale: only Redis still has it
+    stale = await get(mw)
+    assert "fwd=stale" in status_of(stale) and origin.calls == 2  # served stale, refreshed once
+    assert cache.l1.peek("http://testserver/") is not None
+    # purges and clear go through the L1 as well
+    assert await cache.purge_tags("t", soft=True) == 1
+    assert cache.l1.peek("http://testserver/") is None
+    await get(mw)
+    await cache.clear()
+    assert len(cache.l1) == 0
+    await get(mw)
+    assert origin.calls == 4
+
+
+async def test_l1_is_dropped_when_the_invalidation_channel_was_lost(redis_factory: Callable[..., RedisServer]) -> None:
+    server = redis_factory()
+    clock = ManualClock(T0)
+    cache = Cache(server.url, l1_entries=10, telemetry=OFF, backend_timeout=0.5, clock=clock)
+    origin = Origin(headers=[("cache-control", "max-age=600")])
+    mw = CacheMiddleware(origin, cache=cache, telemetry=OFF)
+    try:
+        await get(mw)
+        l1 = cache.l1
+        assert l1 is not None and len(l1) == 1
+        await anyio.sleep(0.05)
+        server.kill()  # purges published meanwhile would be lost: the L1 must not keep serving
+        await wait_until(lambda: len(l1) == 0, within=3.0)
+        server.start()
+        await get(mw)  # a dead pooled connection may fail once: a miss, and the backend is skipped for 1 s
+        clock.advance(2)
+        await get(mw)
+        assert status_of(await get(mw)).startswith("asgi-resilience; hit")
+        assert origin.calls <= 3
+    finally:
+        await cache.aclose()
