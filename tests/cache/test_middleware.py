@@ -968,3 +968,46 @@ async def test_head_request_on_a_stale_entry_refreshes_with_a_get() -> None:
     assert origin.seen[-1]["method"] == "GET"
     fresh = await get(mw)
     assert fresh.body == b"v2" and status_of(fresh).startswith("asgi-resilience; hit; ttl=")
+
+
+async def test_store_write_happens_after_the_final_body_was_sent() -> None:
+    origin = Origin(chunks=[b"a", b"b"])
+    mw, _ = make(origin)
+    h = ASGIHarness()
+    seen_at_write: list[list[str]] = []
+    real_set = mw.cache.set
+
+    async def spying_set(*args: Any, **kwargs: Any) -> None:
+        seen_at_write.append(list(h.types))
+        await real_set(*args, **kwargs)
+
+    mw.cache.set = spying_set  # type: ignore[method-assign]
+    await h.run(mw, http_scope())
+    assert h.complete
+    assert seen_at_write == [["http.response.start", "http.response.body", "http.response.body"]]
+
+
+async def test_decorator_on_fastapi_included_router() -> None:
+    import httpx
+    from fastapi import APIRouter, FastAPI
+
+    from asgi_resilience import cache
+
+    calls = {"n": 0}
+    router = APIRouter(prefix="/api")
+
+    @router.get("/items/{item_id}")
+    @cache(ttl=30, tags="items")
+    async def item(item_id: int) -> dict[str, int]:
+        calls["n"] += 1
+        return {"id": item_id, "call": calls["n"]}
+
+    app = FastAPI()
+    app.include_router(router)
+    app.add_middleware(CacheMiddleware, telemetry=OFF)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        first = (await client.get("/api/items/1")).json()
+        second = await client.get("/api/items/1")
+        assert second.json() == first == {"id": 1, "call": 1}
+        assert second.headers["cache-status"].startswith("asgi-resilience; hit")
+        assert (await client.get("/api/items/2")).json() == {"id": 2, "call": 2}
