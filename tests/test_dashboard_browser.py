@@ -99,6 +99,21 @@ async def open_breaker(telemetry: Telemetry, origin: str) -> float:
     raise AssertionError("the breaker never opened")
 
 
+async def serve_some_requests(telemetry: Telemetry) -> None:
+    """Traffic through a real stack, so every panel has something to render."""
+    from asgi_resilience import resilient
+    from asgi_resilience.testing import ASGIHarness, http_scope
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"cache-control", b"public, max-age=60")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = resilient(ok, rate_limit="2/minute", cache=True, timeout=1.0, concurrency=2, telemetry=telemetry)
+    for _ in range(3):
+        await ASGIHarness().run(app, http_scope(path="/item"))
+
+
 def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
     sync_playwright = require_browser()
     telemetry = Telemetry()
@@ -113,9 +128,15 @@ def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
             page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: problems.append(str(error)))
             page.goto(f"{base}/_resilience/")
-            page.wait_for_function("document.getElementById('status').textContent === 'live'", timeout=5000)
+            # (selectors, not wait_for_function: the page's CSP forbids the eval that polling needs)
+            page.wait_for_selector("#status:text-is('live')", timeout=5000)
             page.wait_for_selector("#breakers", timeout=5000)
             assert page.query_selector("tr.breaker") is None  # nothing outbound yet
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, serve_some_requests(telemetry)).result(timeout=30)
+            page.wait_for_selector('#rate-limit tr[data-rule="2/minute"]', timeout=3000)
+            page.wait_for_selector("#cache-hit-ratio:text-matches('^[0-9]+%$')", timeout=3000)
+            page.wait_for_selector('#concurrency tr[data-partition="default"]', timeout=3000)
 
             # Playwright's sync API owns this thread's event loop: drive the client from another thread.
             with ThreadPoolExecutor(1) as pool:
