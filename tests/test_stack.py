@@ -377,3 +377,42 @@ async def test_one_redis_client_serves_the_limiter_and_the_cache(redis_url: str)
     assert calls == {"/shared": 1}
     await app.stack.aclose()
     await other.stack.aclose()
+
+
+@pytest.mark.redis
+async def test_stack_transport_keeps_opt_in_breaker_state_in_the_same_redis(redis_url: str) -> None:
+    import httpx
+
+    from asgi_resilience import CircuitOpenError
+    from asgi_resilience.client import BreakerPolicy
+
+    calls = 0
+
+    async def down(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal calls
+        calls += 1
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b"down"})
+
+    stack = ResilienceStack(rate_limit="5/minute", redis=redis_url, telemetry=Telemetry())
+    policy = BreakerPolicy(minimum_calls=2, failure_rate=0.5, break_duration=30.0)
+    first = stack.transport(
+        httpx.ASGITransport(app=down), shared_breaker_state=True, retry=None, breaker=policy, shared=False
+    )
+    async with httpx.AsyncClient(transport=first, base_url="http://shared-origin.test") as client:
+        with pytest.raises(CircuitOpenError):
+            for _ in range(5):
+                await client.get("/")
+    assert calls == 2
+    keys = [key.decode() async for key in stack.redis.scan_iter()]
+    assert any("shared-origin.test" in key for key in keys), keys
+    # another worker's transport (its own local breaker, closed) learns from Redis that the origin is open
+    second = stack.transport(
+        httpx.ASGITransport(app=down), shared_breaker_state=True, retry=None, breaker=policy, shared=False
+    )
+    async with httpx.AsyncClient(transport=second, base_url="http://shared-origin.test") as client:
+        with pytest.raises(CircuitOpenError):
+            await client.get("/")
+    assert calls == 2  # refused without touching the origin
+    assert await stack.redis.ping()  # the transports did not close the stack's client
+    await stack.aclose()
