@@ -159,9 +159,10 @@ class BreakerTransition:
 
 
 class _Window:
-    """Failure and slow counts over the last N calls or the last T seconds (bucketed)."""
+    """Failure and slow counts over the last N calls or the last T seconds (bucketed), with running
+    totals so that recording a call is O(1)."""
 
-    __slots__ = ("_buckets", "_calls", "_size", "_span", "consecutive")
+    __slots__ = ("_buckets", "_calls", "_size", "_span", "calls", "consecutive", "failures", "slow")
 
     def __init__(self, window: float | int) -> None:
         self._calls: deque[tuple[bool, bool]] = deque()
@@ -169,13 +170,20 @@ class _Window:
         self._size = window if isinstance(window, int) else 0
         self._span = float(window) / _BUCKETS if isinstance(window, float) else 0.0
         self.consecutive = 0
+        self.calls = self.failures = self.slow = 0
 
     def add(self, now: float, failed: bool, slow: bool) -> None:
         self.consecutive = self.consecutive + 1 if failed else 0
+        self.calls += 1
+        self.failures += failed
+        self.slow += slow
         if self._size:
             self._calls.append((failed, slow))
             if len(self._calls) > self._size:
-                self._calls.popleft()
+                old_failed, old_slow = self._calls.popleft()
+                self.calls -= 1
+                self.failures -= old_failed
+                self.slow -= old_slow
             return
         self._expire(now)
         start = now - (now % self._span)
@@ -189,23 +197,21 @@ class _Window:
     def _expire(self, now: float) -> None:
         horizon = now - self._span * _BUCKETS
         while self._buckets and self._buckets[0][0] + self._span <= horizon:
-            self._buckets.popleft()
+            _, calls, failures, slow = self._buckets.popleft()
+            self.calls -= int(calls)
+            self.failures -= int(failures)
+            self.slow -= int(slow)
 
     def counts(self, now: float) -> tuple[int, int, int]:
-        if self._size:
-            return len(self._calls), sum(f for f, _ in self._calls), sum(s for _, s in self._calls)
-        self._expire(now)
-        calls = failures = slow = 0
-        for bucket in self._buckets:
-            calls += int(bucket[1])
-            failures += int(bucket[2])
-            slow += int(bucket[3])
-        return calls, failures, slow
+        if not self._size:
+            self._expire(now)
+        return self.calls, self.failures, self.slow
 
     def reset(self) -> None:
         self._calls.clear()
         self._buckets.clear()
         self.consecutive = 0
+        self.calls = self.failures = self.slow = 0
 
 
 class CircuitBreaker:

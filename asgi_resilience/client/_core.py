@@ -18,7 +18,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import anyio
 import httpx
@@ -33,7 +33,15 @@ from asgi_resilience.client._breaker import (
     State,
 )
 from asgi_resilience.client._config import testing_attempts, testing_enabled
-from asgi_resilience.client._retry import BudgetRegistry, BudgetState, Decision, Outcome, Phase, RetryPolicy
+from asgi_resilience.client._retry import (
+    BudgetRegistry,
+    BudgetState,
+    Decision,
+    Outcome,
+    Phase,
+    RetryBudget,
+    RetryPolicy,
+)
 from asgi_resilience.client._shared import SharedState
 from asgi_resilience.errors import CircuitOpenError, ConfigurationError, RetriesExhausted
 from asgi_resilience.observability import Telemetry, resolve_telemetry
@@ -55,8 +63,7 @@ _PHASES = ("connect", "read", "write", "pool")
 _ORIGINS: dict[tuple[str, str, int | None], str] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
+class AttemptRecord(NamedTuple):
     """One attempt of a call, listed in ``response.extensions["resilience"]``.
 
     Attributes:
@@ -78,10 +85,12 @@ class AttemptRecord:
     status: int | None = None
     error: str | None = None
 
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__slots__:
-            raise KeyError(key)
-        return getattr(self, key)
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            if key not in self._fields:
+                raise KeyError(key)
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,9 +456,29 @@ class RetryCore:
         self.retries = self.telemetry.instrument("asgi_resilience.client.retries")
         self.duration = self.telemetry.instrument("asgi_resilience.client.attempt.duration")
         register_snapshots(self.telemetry)
+        self._budgets: dict[tuple[str, RetryBudget], BudgetState] = {}
+        self._stats: dict[str, list[int]] = {}
 
     def start(self, request: httpx.Request) -> Call:
         return Call(self, request)
+
+    def budget_state(self, origin: str, budget: RetryBudget) -> BudgetState:
+        """The shared budget state of ``origin``, memoised per transport (the registry is shared)."""
+        key = (origin, budget)
+        state = self._budgets.get(key)
+        if state is None:
+            if len(self._budgets) >= 256:
+                self._budgets.clear()
+            state = self._budgets[key] = BUDGETS.get(origin, budget)
+        return state
+
+    def stats(self, origin: str) -> list[int]:
+        found = self._stats.get(origin)
+        if found is None:
+            if len(self._stats) >= 256:
+                self._stats.clear()
+            found = self._stats[origin] = _stats(origin)
+        return found
 
 
 class Call:
@@ -524,9 +553,9 @@ class Call:
         self.records: list[AttemptRecord] = []
         self.budget: BudgetState | None = None
         if policy.budget is not None:
-            self.budget = BUDGETS.get(self.origin, policy.budget)
+            self.budget = core.budget_state(self.origin, policy.budget)
             self.budget.record_request(now)
-        self.stats = _stats(self.origin)
+        self.stats = core.stats(self.origin)
         self.stats[0] += 1
 
     def remaining(self) -> float:
@@ -580,8 +609,15 @@ class Call:
         status: int | None = None
         if response is not None:
             status = response.status_code
+            if status not in policy.statuses:  # the common case: nothing to decide
+                name = "failure" if status >= 500 else "success"
+                attributes = {"origin": self.origin, "outcome": name}
+                core.attempts.add(1, attributes)
+                core.duration.record(duration, attributes)
+                self.records.append(AttemptRecord(self.attempt, name, duration, 0.0, status, None))
+                return Step("return", response=response)
             outcome = Outcome(Phase.RESPONSE, status, response.headers.get("retry-after"))
-            name = "failure" if status >= 500 or status in policy.statuses else "success"
+            name = "failure"
         else:
             assert error is not None
             outcome = Outcome(phase_of(error))
@@ -612,7 +648,7 @@ class Call:
             AttemptRecord(
                 self.attempt,
                 name,
-                round(duration, 6),
+                duration,
                 decision.delay if decision.retry else 0.0,
                 status,
                 type(error).__name__ if error is not None else None,
