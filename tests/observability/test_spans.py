@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
+import pytest
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -20,12 +23,23 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def test_stack_events_land_on_the_server_span_and_no_span_is_added() -> None:
+def instrumentation_asgi(app: Any, provider: TracerProvider) -> Any:
+    return OpenTelemetryMiddleware(app, tracer_provider=provider, exclude_spans=["receive", "send"])
+
+
+def starlette_own(app: Any, provider: TracerProvider) -> Any:
+    from starlette.middleware.opentelemetry import OpenTelemetryMiddleware as StarletteOpenTelemetry
+
+    return StarletteOpenTelemetry(app, tracer_provider=provider)
+
+
+@pytest.mark.parametrize("instrument", [instrumentation_asgi, starlette_own])
+async def test_stack_events_land_on_the_server_span_and_no_span_is_added(instrument: Any) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     stack = resilient(app, rate_limit="1/minute", timeout=0.05, concurrency=4, telemetry=Telemetry())
-    traced = OpenTelemetryMiddleware(stack, tracer_provider=provider, exclude_spans=["receive", "send"])
+    traced = instrument(stack, provider)
 
     assert (await ASGIHarness().run(traced, http_scope(path="/slow"))).status == 504
     assert (await ASGIHarness().run(traced, http_scope(path="/"))).status == 429
