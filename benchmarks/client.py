@@ -19,7 +19,7 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -227,6 +227,76 @@ async def rejection_rows(n: int) -> list[list[str]]:
     return rows
 
 
+class _StubBody(httpx.SyncByteStream, httpx.AsyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        yield b'{"ok": true}'
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"ok": true}'
+
+
+class _Stub(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Answers at once with a fresh (unread) body, so every wrapper of ours is exercised."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=_StubBody())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=_StubBody())
+
+
+def isolated_rows(calls: int, rounds: int, loopback: dict[str, float]) -> list[list[str]]:
+    """Client CPU per call over a stub transport: our own cost, free of network noise."""
+    sync_clients: dict[str, httpx.Client] = {
+        "bare httpx": httpx.Client(transport=_Stub()),
+        "RetryTransport": httpx.Client(transport=RetryTransport(_Stub(), telemetry=False)),
+        "CircuitBreakerTransport": httpx.Client(transport=CircuitBreakerTransport(_Stub(), telemetry=False)),
+        "ResilientTransport": httpx.Client(transport=ResilientTransport(_Stub(), telemetry=False)),
+    }
+    async_clients: dict[str, httpx.AsyncClient] = {
+        "bare httpx": httpx.AsyncClient(transport=_Stub()),
+        "AsyncRetryTransport": httpx.AsyncClient(transport=AsyncRetryTransport(_Stub(), telemetry=False)),
+        "AsyncCircuitBreakerTransport": httpx.AsyncClient(
+            transport=AsyncCircuitBreakerTransport(_Stub(), telemetry=False)
+        ),
+        "AsyncResilientTransport": httpx.AsyncClient(transport=AsyncResilientTransport(_Stub(), telemetry=False)),
+    }
+    if httpx_retries is not None:
+        sync_clients["httpx-retries RetryTransport"] = httpx.Client(transport=httpx_retries.RetryTransport(_Stub()))
+        async_clients["httpx-retries RetryTransport"] = httpx.AsyncClient(
+            transport=httpx_retries.RetryTransport(_Stub())
+        )
+    url = "http://stub.invalid/data"
+    samples: dict[tuple[str, str], list[float]] = {}
+
+    async def async_round(client: httpx.AsyncClient) -> float:
+        started = time.process_time()
+        for _ in range(calls):
+            await client.get(url)
+        return (time.process_time() - started) / calls
+
+    for _ in range(rounds):
+        for name, client in sync_clients.items():
+            started = time.process_time()
+            for _ in range(calls):
+                client.get(url)
+            samples.setdefault(("sync", name), []).append((time.process_time() - started) / calls)
+        for name, aclient in async_clients.items():
+            samples.setdefault(("async", name), []).append(asyncio.run(async_round(aclient)))
+    rows = []
+    for flavour in ("sync", "async"):
+        base = statistics.median(samples[(flavour, "bare httpx")])
+        for (kind, name), values in samples.items():
+            if kind != flavour:
+                continue
+            cost = statistics.median(values) - base
+            share = cost / loopback[flavour] * 100 if name != "bare httpx" else 0.0
+            rows.append(
+                [flavour, name, f"{statistics.median(values) * 1e6:.1f}", f"{cost * 1e6:+.1f}", f"{share:.1f} %"]
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300, help="sequential calls per variant and round")
@@ -238,9 +308,21 @@ def main() -> None:
         url = origin.url + "/data"
         print(f"origin: uvicorn (1 worker) on {origin.url}; {args.calls} sequential GETs x {args.rounds} rounds\n")
         print("Sync httpx.Client")
-        print_table(headers, overhead_rows(run_sync(url, args.calls, args.rounds)))
+        sync_samples = run_sync(url, args.calls, args.rounds)
+        print_table(headers, overhead_rows(sync_samples))
         print("\nAsync httpx.AsyncClient (asyncio)")
-        print_table(headers, overhead_rows(asyncio.run(run_async(url, args.calls, args.rounds))))
+        async_samples = asyncio.run(run_async(url, args.calls, args.rounds))
+        print_table(headers, overhead_rows(async_samples))
+    loopback = {
+        "sync": statistics.median(w for w, _ in sync_samples["bare httpx"]),
+        "async": statistics.median(w for w, _ in async_samples["bare httpx"]),
+    }
+    print("\nOur own cost, isolated: client CPU per call over a stub transport (no network), and that cost")
+    print("as a share of one bare loopback call measured above")
+    print_table(
+        ["flavour", "variant", "CPU us/call", "us vs bare", "share of a loopback call"],
+        isolated_rows(max(args.calls * 4, 1000), args.rounds, loopback),
+    )
     print(f"\nRefusal by an open breaker (nothing sent), CPU time, mean of {args.rejections}")
     print_table(["path", "us/refusal"], asyncio.run(rejection_rows(args.rejections)))
 
