@@ -110,12 +110,19 @@ def _rate_limit_options(value: Any) -> dict[str, Any]:
 def _cache_options(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return {"backend": value}
-    cache_cls = getattr(importlib.import_module("asgi_resilience.cache"), "Cache", None)
+    module = importlib.import_module("asgi_resilience.cache")
+    cache_cls = getattr(module, "Cache", None)
     if cache_cls is not None and isinstance(value, cache_cls):
         return {"cache": value}
+    rule_cls = getattr(module, "CacheRule", None)
+    if rule_cls is not None:
+        if isinstance(value, rule_cls):
+            return {"rules": [value]}
+        if isinstance(value, Sequence) and value and all(isinstance(rule, rule_cls) for rule in value):
+            return {"rules": list(value)}
     raise ConfigurationError(
-        f"cache must be a dict of CacheMiddleware options, a Cache object, a backend URL such as 'memory://', "
-        f"True or False; got {value!r}"
+        f"cache must be a dict of CacheMiddleware options, a Cache object, a CacheRule or a list of them, a backend "
+        f"URL such as 'memory://', True or False; got {value!r}"
     )
 
 
@@ -195,8 +202,8 @@ class ResilienceStack:
 
     * ``rate_limit``: a ``Rule``, a list of Rules, or a rate string (``"100/minute"``: one rule per
       client IP);
-    * ``cache``: a backend URL (``"memory://"``, ``"redis://..."``) or a shared ``Cache`` object (to
-      call ``purge``/``purge_tags`` from the app);
+    * ``cache``: a backend URL (``"memory://"``, ``"redis://..."``), a shared ``Cache`` object (to
+      call ``purge``/``purge_tags`` from the app), or ``CacheRule`` objects;
     * ``timeout``: seconds (``float`` or ``timedelta``);
     * ``concurrency``: the maximum number of concurrent requests.
 

@@ -347,6 +347,13 @@ def test_real_layers_reject_unknown_options_and_take_a_cache_object() -> None:
 
     with pytest.raises(ConfigurationError, match="RateLimitMiddleware has no option 'rule'"):
         ResilienceStack(rate_limit={"rule": "1/second"})
+    from asgi_resilience import CacheRule
+
+    rule = CacheRule("/products/*", ttl=60)
+    assert ResilienceStack(cache=rule).options("cache") == {"rules": [rule]}
+    assert ResilienceStack(cache=[rule, rule]).options("cache") == {"rules": [rule, rule]}
+    with pytest.raises(ConfigurationError, match="CacheRule"):
+        ResilienceStack(cache=[rule, "x"])
     shared = Cache()
     stack = ResilienceStack(cache=shared, redis="redis://127.0.0.1:1/0")
     assert stack.options("cache") == {"cache": shared}  # the Cache brings its own backend
