@@ -372,8 +372,8 @@ class CircuitBreaker:
 class BreakerRegistry:
     """Breakers per (policy, origin), bounded LRU: dynamic hosts cannot grow it without limit.
 
-    An evicted breaker that is still referenced by an in-flight call keeps working; a new call to
-    that origin starts a fresh, closed breaker.
+    An evicted breaker that is still referenced keeps working: transports memoise their lookups
+    (for speed), so a transport keeps the breaker it found while a new one starts fresh.
     """
 
     def __init__(self, max_size: int = 1024) -> None:

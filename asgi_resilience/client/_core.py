@@ -619,8 +619,7 @@ class Call:
             outcome = Outcome(Phase.RESPONSE, status, response.headers.get("retry-after"))
             name = "failure"
         else:
-            assert error is not None
-            outcome = Outcome(phase_of(error))
+            outcome = Outcome(phase_of(error))  # type: ignore[arg-type]
             if isinstance(error, CircuitOpenError):
                 name = "rejected"
             elif isinstance(error, httpx.TimeoutException):

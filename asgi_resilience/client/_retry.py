@@ -185,7 +185,11 @@ class BudgetState:
             retries = len(self._retries)
             allowed = retries < self.budget.ratio * len(self._requests)
             if not allowed and self.budget.min_per_second > 0:
-                last_second = sum(1 for t in reversed(self._retries) if t > now - 1.0) if retries else 0
+                last_second = 0  # counted from the newest, stopping early: O(min_per_second)
+                for t in reversed(self._retries):
+                    if t <= now - 1.0 or last_second >= self.budget.min_per_second:
+                        break
+                    last_second += 1
                 allowed = last_second < self.budget.min_per_second
             if allowed:
                 self._retries.append(now)
