@@ -95,6 +95,12 @@ class BreakerPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"BreakerPolicy {name} must be an int >= 1, got {value!r}")
+        if isinstance(self.window, int) and self.window < self.minimum_calls:
+            raise ConfigurationError(
+                f"BreakerPolicy window={self.window} is a count of calls and can never hold "
+                f"minimum_calls={self.minimum_calls}: pass window={float(self.window)} for seconds, "
+                "or lower minimum_calls"
+            )
         if self.consecutive_failures is not None and (
             isinstance(self.consecutive_failures, bool)
             or not isinstance(self.consecutive_failures, int)

@@ -249,6 +249,7 @@ def test_time_window_forgets_old_failures() -> None:
 
 def test_count_window() -> None:
     breaker = CircuitBreaker(BreakerPolicy(window=4, minimum_calls=4, failure_rate=0.75), "o")
+    assert BreakerPolicy(window=20).window == 20
     fail(breaker, 0.0, 2)
     succeed(breaker, 0.0, 4)  # the failures slide out of the last 4 calls
     fail(breaker, 0.0, 2)
@@ -430,6 +431,7 @@ def test_breaker_registry_is_bounded_and_keyed_by_policy() -> None:
         {"break_duration": 0},
         {"break_duration": 10.0, "max_break_duration": 5.0},
         {"failure_statuses": ["x"]},
+        {"window": 10},  # a count window smaller than minimum_calls=20 could never open by rate
     ],
 )
 def test_breaker_policy_validation(kwargs: dict[str, object]) -> None:
