@@ -24,10 +24,23 @@ TIERS = {"free": "10/minute", "standard": "60/minute", "premium": "300/minute", 
 API_KEYS = {"key-free": "free", "key-standard": "standard", "key-premium": "premium", "key-enterprise": "enterprise"}
 
 
+def api_key_of(scope: Scope) -> str | None:
+    return next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-api-key"), None)
+
+
 async def plan_limit(scope: Scope) -> str | None:
     """The limit of the caller's plan; unknown or missing keys get the free tier."""
-    api_key = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-api-key"), None)
-    return TIERS[API_KEYS.get(api_key or "", "free")]
+    return TIERS[API_KEYS.get(api_key_of(scope) or "", "free")]
+
+
+def account(scope: Scope) -> str:
+    """One bucket per known API key. Unknown keys share their client's bucket: otherwise inventing
+    a new key per request would give a fresh free-tier bucket each time."""
+    api_key = api_key_of(scope)
+    if api_key in API_KEYS:
+        return "key:" + api_key
+    client = scope.get("client")
+    return "anonymous:" + (client[0] if client else "unknown")
 
 
 router = APIRouter(prefix="/items")
@@ -56,8 +69,7 @@ async def health() -> dict[str, str]:
 app.add_middleware(
     RateLimitMiddleware,
     rules=[
-        # one bucket per API key (requests without a key are grouped by client address)
-        Rule(plan_limit, key="header:X-API-Key", name="plan"),
+        Rule(plan_limit, key=account, name="plan"),
         Rule("30/minute", methods=["POST", "PUT", "PATCH", "DELETE"], name="writes-per-ip"),
     ],
     storage=os.environ.get("RATE_LIMIT_STORAGE", "memory://"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import inspect
 import logging
 import math
@@ -375,7 +376,9 @@ class RateLimitMiddleware:
         raw = get_header(scope, header.lower().encode("latin-1"))
         if raw is None or not raw.strip():
             return "anon:" + self._ip_partition(scope)
-        return f"hdr:{header.lower()}:{raw.decode('latin-1').strip()}"
+        # hashed: header values are often secrets (API keys) and must not show up in Redis key names
+        digest = hashlib.blake2b(raw.strip(), digest_size=12).hexdigest()
+        return f"hdr:{header.lower()}:{digest}"
 
     def _ip_partition(self, scope: Scope) -> str:
         if self._direct:

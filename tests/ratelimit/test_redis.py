@@ -71,9 +71,7 @@ async def test_lua_script_matches_the_python_core(redis_url: str, strategy: str)
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 async def test_concurrent_requests_admit_exactly_the_limit(redis_url: str, strategy: str) -> None:
-    mw = RateLimitMiddleware(
-        ok_app, rules=[Rule("50/hour")], storage=redis_url, strategy=strategy, store_timeout=5.0
-    )
+    mw = RateLimitMiddleware(ok_app, rules=[Rule("50/hour")], storage=redis_url, strategy=strategy, store_timeout=5.0)
     results = await asyncio.gather(*(run(mw) for _ in range(120)))
     statuses = [h.status for h in results]
     assert statuses.count(200) == 50 and statuses.count(429) == 70
@@ -85,7 +83,11 @@ async def test_concurrent_requests_admit_exactly_the_limit(redis_url: str, strat
 async def test_one_round_trip_per_request_for_all_rules(redis_url: str) -> None:
     mw = RateLimitMiddleware(
         ok_app,
-        rules=[Rule("100/minute", name="site"), Rule("50/second;500/minute", name="burst"), Rule("1000/hour", key="global")],
+        rules=[
+            Rule("100/minute", name="site"),
+            Rule("50/second;500/minute", name="burst"),
+            Rule("1000/hour", key="global"),
+        ],
         storage=redis_url,
     )
     await run(mw)  # loads the script
@@ -148,16 +150,23 @@ async def test_time_comes_from_redis_not_the_app(redis_url: str) -> None:
 
 async def test_redis_client_object_and_hash_tagged_keys(redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
-    mw = RateLimitMiddleware(ok_app, rules=[Rule("5/minute", key="header:X-Key")], storage=client, key_prefix="t")
-    await run(mw, headers=[("x-key", "weird{key}" + "x" * 100)])
+    mw = RateLimitMiddleware(
+        ok_app,
+        rules=[Rule("5/minute", key="header:X-Key"), Rule("5/minute", key=lambda scope: "odd{" + "y" * 90, name="cb")],
+        storage=client,
+        key_prefix="t",
+    )
+    await run(mw, headers=[("x-key", "secret-api-key-123")])
     await run(mw, client=("2001:db8::1", 1))
     keys = sorted(k.decode() for k in await client.keys("t:*"))
-    assert len(keys) == 2
+    assert len(keys) == 3  # header bucket, no-header bucket by address, one callable bucket
     for key in keys:
         tag = key[key.index("{") + 1 : key.index("}")]
         assert "{" not in tag and tag
+        assert "secret-api-key" not in key  # header values are hashed: API keys never reach Redis
     assert any(k.startswith("t:{anon:ip:2001:db8::/64}:") for k in keys)  # no header: by address
-    assert any(k.startswith("t:{h:") for k in keys)
+    assert any(k.startswith("t:{hdr:x-key:") for k in keys)
+    assert any(k.startswith("t:{h:") for k in keys)  # a long or braced partition is hashed into a tag
     await client.aclose()
 
 
@@ -238,7 +247,9 @@ def redis_cluster() -> Iterator[str]:
     require_redis_binary()
     nodes = [
         # an explicit bus port: the default (port + 10000) may be taken or above 65535
-        RedisServer(args=("--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000"))
+        RedisServer(
+            args=("--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000")
+        )
         for _ in range(3)
     ]
     try:
