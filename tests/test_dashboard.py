@@ -258,3 +258,19 @@ async def test_mounted_in_starlette_next_to_a_resilient_app() -> None:
     remote = httpx.ASGITransport(app=wrapped, client=("198.51.100.7", 1234))
     async with httpx.AsyncClient(transport=remote, base_url="http://testserver") as client:
         assert (await client.get("/_resilience/snapshot.json")).status_code == 403
+
+
+async def test_close_ends_open_streams_within_one_interval() -> None:
+    import anyio
+
+    app = open_dashboard(interval=0.01, stream_seconds=60)
+    harness = ASGIHarness()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(harness.run, app, http_scope(path="/stream"))
+            await anyio.sleep(0.05)
+            assert not harness.complete
+            app.close()
+    assert harness.complete and harness.messages[-1] == {"type": "http.response.body", "body": b""}
+    late = await ASGIHarness().run(app, http_scope(path="/stream"))  # after close: retry hint, then the end
+    assert [m.get("body") for m in late.messages[1:]] == [b"retry: 2000\n\n", b""]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
 from asgi_resilience._optional import import_optional
@@ -37,7 +38,25 @@ def main(argv: list[str] | None = None) -> int:
         "Press Ctrl+C to stop.",
         flush=True,
     )
-    uvicorn.run(demo.app, host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(
+        uvicorn.Config(demo.app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    )
+
+    async def serve() -> None:
+        async def end_streams_on_shutdown() -> None:
+            # uvicorn waits for open requests before it stops, and a dashboard tab keeps an event stream
+            # open: end the streams as soon as the server is asked to stop.
+            while not server.should_exit:  # noqa: ASYNC110 - uvicorn only offers a flag
+                await asyncio.sleep(0.1)
+            demo.dashboard.close()
+
+        watcher = asyncio.create_task(end_streams_on_shutdown())
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+    asyncio.run(serve())
     return 0
 
 

@@ -25,6 +25,7 @@ from asgi_resilience import (
     Telemetry,
     dashboard_app,
 )
+from asgi_resilience.observability import DashboardApp
 from asgi_resilience.types import Receive, Scope, Send
 
 __all__ = ["Demo", "FlakyUpstream", "build_demo"]
@@ -69,6 +70,7 @@ class Demo:
     app: Starlette
     api: ResilientApp
     stack: ResilienceStack
+    dashboard: DashboardApp
     upstream: FlakyUpstream
     client: httpx.AsyncClient
     telemetry: Telemetry
@@ -184,11 +186,11 @@ def build_demo(*, redis: str | None = None, traffic: bool = False, telemetry: Te
             await stack.aclose()
 
     # The dashboard sits beside the stack, not inside it: watching must not use up rate limits or slots.
-    app = Starlette(
-        routes=[Mount("/_resilience", dashboard_app(stack, allow_unauthenticated=True)), Mount("", api)],
-        lifespan=lifespan,
+    dashboard = dashboard_app(stack, allow_unauthenticated=True)
+    app = Starlette(routes=[Mount("/_resilience", dashboard), Mount("", api)], lifespan=lifespan)
+    return Demo(
+        app=app, api=api, stack=stack, dashboard=dashboard, upstream=upstream, client=client, telemetry=telemetry
     )
-    return Demo(app=app, api=api, stack=stack, upstream=upstream, client=client, telemetry=telemetry)
 
 
 async def _traffic(api: Any) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from asgi_resilience.observability._dashboard import DashboardAuth, dashboard_app
+from asgi_resilience.observability._dashboard import DashboardApp, DashboardAuth, dashboard_app
 from asgi_resilience.observability._names import METRICS, MetricSpec, metric_table_markdown
 from asgi_resilience.observability._telemetry import NOOP, Instrument, Telemetry, default_telemetry, resolve_telemetry
 
 __all__ = [
     "METRICS",
     "NOOP",
+    "DashboardApp",
     "DashboardAuth",
     "Instrument",
     "MetricSpec",

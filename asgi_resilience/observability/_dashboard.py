@@ -34,9 +34,9 @@ from asgi_resilience._asgi import send_problem
 from asgi_resilience.errors._exceptions import ConfigurationError
 from asgi_resilience.errors._problem import ProblemDetails
 from asgi_resilience.observability._telemetry import Telemetry, default_telemetry
-from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_resilience.types import Message, Receive, Scope, Send
 
-__all__ = ["DashboardAuth", "dashboard_app"]
+__all__ = ["DashboardApp", "DashboardAuth", "dashboard_app"]
 
 logger = logging.getLogger("asgi_resilience.dashboard")
 
@@ -87,7 +87,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class _Dashboard:
+class DashboardApp:
+    """The ASGI app :func:`dashboard_app` returns; :meth:`close` ends open event streams (on shutdown)."""
+
     def __init__(
         self,
         snapshot: Callable[[], dict[str, Any]],
@@ -102,6 +104,7 @@ class _Dashboard:
         self._allow_unauthenticated = allow_unauthenticated
         self._interval = interval
         self._stream_seconds = stream_seconds
+        self.closed = False
         script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
         self._page_headers = [
             (b"content-type", b"text/html; charset=utf-8"),
@@ -116,6 +119,10 @@ class _Dashboard:
                 ).encode(),
             ),
         ]
+
+    def close(self) -> None:
+        """End every open event stream within one interval (servers wait for open requests on shutdown)."""
+        self.closed = True
 
     def data(self) -> dict[str, Any]:
         data = dict(self._snapshot())
@@ -197,7 +204,7 @@ class _Dashboard:
             group.start_soon(watch_disconnect)
             try:
                 await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
-                while anyio.current_time() < deadline:
+                while not self.closed and anyio.current_time() < deadline:
                     event = b"data: " + _json_bytes(self.data()) + b"\n\n"
                     await send({"type": "http.response.body", "body": event, "more_body": True})
                     await anyio.sleep(self._interval)
@@ -215,7 +222,7 @@ def dashboard_app(
     allow_unauthenticated: bool = False,
     interval: float = 1.0,
     stream_seconds: float = 300.0,
-) -> ASGIApp:
+) -> DashboardApp:
     """An ASGI app showing the live state of a stack: mount it, it is never on by itself.
 
     Args:
@@ -244,7 +251,7 @@ def dashboard_app(
     for name, value in (("interval", interval), ("stream_seconds", stream_seconds)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
             raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
-    return _Dashboard(
+    return DashboardApp(
         snapshot,
         auth=auth,
         allow_unauthenticated=allow_unauthenticated,
