@@ -8,6 +8,7 @@ the request is admitted only if every enforced check allows it, and only then is
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -61,12 +62,17 @@ class MemoryStorage(RateLimitStorage):
     """Per-process counters in a dict; decisions are synchronous and therefore atomic on one loop.
 
     ``clock`` is seconds (wall or monotonic; default ``time.time``); tests pass a ManualClock.
+    ``max_keys`` bounds memory when clients invent keys (random API keys, many addresses): past it,
+    expired counters are dropped, then the oldest ones.
     """
 
     name = "memory"
 
-    def __init__(self, *, clock: Clock = time.time) -> None:
+    def __init__(self, *, clock: Clock = time.time, max_keys: int = 1_000_000) -> None:
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ConfigurationError(f"max_keys must be a positive int, got {max_keys!r}")
         self._clock = clock
+        self.max_keys = max_keys
         self._data: dict[tuple[str, int, str], tuple[Any, int]] = {}
         self._functions: dict[str, Any] = {}
         self._ops = 0
@@ -83,7 +89,7 @@ class MemoryStorage(RateLimitStorage):
         now_ms = now_us // 1000
         data = self._data
         self._ops += 1
-        if self._ops >= _SWEEP_EVERY:
+        if self._ops >= _SWEEP_EVERY or len(data) >= self.max_keys:
             self._ops = 0
             self.sweep(now_ms)
         if len(checks) == 1:  # the common case, without the two-phase bookkeeping
@@ -123,6 +129,10 @@ class MemoryStorage(RateLimitStorage):
         expired = [key for key, (_, expires) in self._data.items() if expires <= now_ms]
         for key in expired:
             del self._data[key]
+        excess = len(self._data) - self.max_keys * 9 // 10
+        if excess > 0:  # still too many live counters: drop the oldest (dicts keep insertion order)
+            for key in list(itertools.islice(self._data, excess)):
+                del self._data[key]
 
     async def reset(self) -> None:
         self._data.clear()

@@ -250,3 +250,15 @@ def test_rule_validation_and_matching() -> None:
     ]:
         with pytest.raises(ConfigurationError, match=match):
             Rule(**bad)  # type: ignore[arg-type]
+
+
+def test_memory_is_bounded_by_max_keys() -> None:
+    clock = ManualClock(0.0)
+    storage = MemoryStorage(clock=clock, max_keys=100)
+    for i in range(1000):
+        storage.hit_now("fixed-window", [Check("r", 0, f"k{i}", 5, 60_000, 1, True)])
+    assert len(storage) <= 100
+    # the newest counters survive: k999 has used its hit
+    assert storage.hit_now("fixed-window", [Check("r", 0, "k999", 5, 60_000, 1, True)])[0].remaining == 3
+    with pytest.raises(ConfigurationError, match="max_keys"):
+        MemoryStorage(max_keys=0)
