@@ -423,3 +423,65 @@ async def test_stack_transport_keeps_opt_in_breaker_state_in_the_same_redis(redi
     assert calls == 2  # refused without touching the origin
     assert await stack.redis.ping()  # the transports did not close the stack's client
     await stack.aclose()
+
+
+async def test_websockets_and_lifespan_pass_through_the_whole_stack() -> None:
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    started: list[str] = []
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        started.append("up")
+        yield
+        started.append("down")
+
+    inner = Starlette(routes=[WebSocketRoute("/ws", echo)], lifespan=lifespan)
+    app = resilient(inner, rate_limit="2/minute", cache=True, timeout=1.0, concurrency=2, telemetry=Telemetry())
+
+    async def talk() -> list[Message]:
+        incoming: list[Message] = [
+            {"type": "websocket.connect"},
+            {"type": "websocket.receive", "text": "hi"},
+            {"type": "websocket.disconnect", "code": 1000},
+        ]
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return incoming.pop(0)
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await app(http_scope(path="/ws", type="websocket"), receive, send)
+        return sent
+
+    for _ in range(2):
+        sent = await talk()
+        assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+        assert sent[1]["text"] == "hi"
+    denied = await talk()  # the third handshake is over the limit: refused before the app accepts it
+    assert denied[0]["type"] in ("websocket.close", "websocket.http.response.start")
+    assert all(m["type"] != "websocket.accept" for m in denied)
+
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    lifespan_sent: list[Message] = []
+
+    async def lifespan_receive() -> Message:
+        return next(messages)
+
+    async def lifespan_send(message: Message) -> None:
+        lifespan_sent.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, lifespan_receive, lifespan_send)
+    assert [m["type"] for m in lifespan_sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert started == ["up", "down"]
