@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,6 +50,15 @@ except ImportError:  # pragma: no cover - optional peer
     pybreaker = None
 
 MAX_SECONDS = 240.0
+_RANDOM = random.Random(6)
+T = TypeVar("T")
+
+
+def shuffled(variants: dict[str, T]) -> list[tuple[str, T]]:
+    """A new order every round, so no variant always runs right after another (position bias)."""
+    items = list(variants.items())
+    _RANDOM.shuffle(items)
+    return items
 
 
 def sync_variants(url: str) -> dict[str, Callable[[], httpx.Client]]:
@@ -91,7 +102,7 @@ def run_sync(url: str, calls: int, rounds: int) -> dict[str, list[tuple[float, f
         for _ in range(50):
             fn()
     for _ in range(rounds):
-        for name, fn in calls_for.items():
+        for name, fn in shuffled(calls_for):
             if time.monotonic() > stop:
                 break
             started, cpu = time.perf_counter(), time.process_time()
@@ -111,7 +122,7 @@ async def run_async(url: str, calls: int, rounds: int) -> dict[str, list[tuple[f
         for _ in range(50):
             await client.get(url)
     for _ in range(rounds):
-        for name, client in clients.items():
+        for name, client in shuffled(clients):
             if time.monotonic() > stop:
                 break
             started, cpu = time.perf_counter(), time.process_time()
@@ -276,12 +287,12 @@ def isolated_rows(calls: int, rounds: int, loopback: dict[str, float]) -> list[l
         return (time.process_time() - started) / calls
 
     for _ in range(rounds):
-        for name, client in sync_clients.items():
+        for name, client in shuffled(sync_clients):
             started = time.process_time()
             for _ in range(calls):
                 client.get(url)
             samples.setdefault(("sync", name), []).append((time.process_time() - started) / calls)
-        for name, aclient in async_clients.items():
+        for name, aclient in shuffled(async_clients):
             samples.setdefault(("async", name), []).append(asyncio.run(async_round(aclient)))
     rows = []
     for flavour in ("sync", "async"):
