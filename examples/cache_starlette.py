@@ -1,7 +1,7 @@
 """Response caching for a Starlette app, with purge by URL and by tag.
 
-pip install -e '.[demo]' && python examples/cache_starlette.py          # memory backend
-CACHE_BACKEND=redis://127.0.0.1:6379/0 python examples/cache_starlette.py  # shared Redis + L1
+pip install -e '.[demo]' && python examples/cache_starlette.py        # memory backend
+REDIS_URL=redis://127.0.0.1:6379/0 python examples/cache_starlette.py    # shared Redis + an L1
 
 curl -i http://127.0.0.1:8000/products/1          # Cache-Status: asgi-resilience; fwd=miss; stored
 curl -i http://127.0.0.1:8000/products/1          # Cache-Status: asgi-resilience; hit; ttl=59, Age: 1
@@ -23,8 +23,12 @@ from starlette.routing import Route
 
 from asgi_resilience import Cache, CacheMiddleware, CacheRule, cache
 
-BACKEND = os.environ.get("CACHE_BACKEND", "memory://")
+BACKEND = os.environ.get("REDIS_URL", "memory://")
 shared = Cache(BACKEND, l1_entries=0 if BACKEND == "memory://" else 1000)
+
+
+async def home(request: Request) -> Response:
+    return JSONResponse({"try": ["/products/1", "/catalog", "/me", "POST /purge/products", "POST /purge?url=/catalog"]})
 
 
 @cache(ttl=60, tags=["products"], stale_while_revalidate=30, stale_if_error=300)
@@ -60,6 +64,7 @@ async def purge_url(request: Request) -> Response:
 
 app = Starlette(
     routes=[
+        Route("/", home),
         Route("/products/{pid}", product, methods=["GET", "POST"]),
         Route("/catalog", catalog),
         Route("/me", me),
@@ -70,4 +75,4 @@ app = Starlette(
 app.add_middleware(CacheMiddleware, cache=shared, rules=[CacheRule("/purge*", bypass=True)])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
