@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
+import anyio
+
 from asgi_resilience._asgi import SendTracker, append_headers, get_header, send_error
 from asgi_resilience._clock import Clock
 from asgi_resilience._proxy import TrustedProxies, network_key
@@ -172,7 +174,8 @@ class RateLimitMiddleware:
         self.shadow = bool(shadow)
         self._clock: Clock = clock or time.monotonic
         self.storage: RateLimitStorage = storage_from(storage, clock=clock, prefix=key_prefix)
-        self._memory = self.storage if isinstance(self.storage, MemoryStorage) else None
+        # the synchronous fast path; a subclass (a custom storage) is awaited like any other
+        self._memory = self.storage if type(self.storage) is MemoryStorage else None
         self._fallback = MemoryStorage(clock=clock or time.time) if on_store_error == "local" else None
         self._exempt_regex: re.Pattern[str] | None = None
         self._exempt_call: Callable[[Scope], bool | Awaitable[bool]] | None = None
@@ -246,9 +249,13 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if self._exempt_call is not None:
-            exempt = self._exempt_call(scope)
-            if inspect.isawaitable(exempt):
-                exempt = await exempt
+            try:
+                exempt = self._exempt_call(scope)
+                if inspect.isawaitable(exempt):
+                    exempt = await exempt
+            except Exception:
+                logger.exception("the rate-limit exempt callable failed; the request is not exempt")
+                exempt = False
             if exempt:
                 await self.app(scope, receive, send)
                 return
@@ -414,11 +421,9 @@ class RateLimitMiddleware:
             self._probing = True
         started = time.perf_counter()
         try:
-            import anyio
-
             with anyio.fail_after(self.store_timeout):
                 decisions = await self.storage.hit(self.strategy, checks)
-        except (StorageError, TimeoutError) as exc:
+        except Exception as exc:  # StorageError, TimeoutError, or a custom storage's own error
             self._failures += 1
             self._open_until = self._clock() + self._cooldown
             self._cooldown = min(_MAX_COOLDOWN, max(self._cooldown * 2, 0.1))

@@ -489,3 +489,24 @@ async def test_custom_storage_object_is_used() -> None:
 def test_configuration_errors(options: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         RateLimitMiddleware(ok_app, **options)
+
+
+async def test_failing_exempt_callable_and_custom_storage_never_500(caplog: pytest.LogCaptureFixture) -> None:
+    def broken_exempt(scope: Scope) -> bool:
+        raise RuntimeError("exempt lookup down")
+
+    mw = limiter(Rule("1/minute"), exempt=broken_exempt)
+    with caplog.at_level(logging.ERROR, logger="asgi_resilience.ratelimit"):
+        assert (await run(mw)).status == 200
+        assert (await run(mw)).status == 429  # not exempt: still limited
+    assert any("exempt" in r.getMessage() for r in caplog.records)
+
+    class BrokenStorage(MemoryStorage):
+        name = "broken"
+
+        async def hit(self, strategy: str, checks: Any) -> Any:
+            raise ValueError("bug in a custom storage")
+
+    for mode, status in (("open", 200), ("closed", 503), ("local", 200)):
+        mw = RateLimitMiddleware(ok_app, rules=[Rule("5/minute")], storage=BrokenStorage(), on_store_error=mode)
+        assert (await run(mw)).status == status
