@@ -127,3 +127,69 @@ def test_anonymous_request_never_gets_an_authorized_private_body() -> None:
         assert (a.body, anon.body, b.body) == (b"Bearer alice", b"anonymous", b"Bearer bob")
 
     anyio.run(run)
+
+
+header_names = st.sampled_from(
+    [
+        "cache-control",
+        "pragma",
+        "if-none-match",
+        "if-modified-since",
+        "authorization",
+        "cookie",
+        "accept",
+        "host",
+        "range",
+        "x-anything",
+    ]
+)
+header_values = st.one_of(
+    st.sampled_from(
+        [
+            "max-age=abc",
+            "max-stale",
+            "max-age=99999999999999999999",
+            "only-if-cached",
+            "no-cache,,=,",
+            '"unterminated',
+            "*",
+            "W/",
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "",
+        ]
+    ),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=30),
+)
+response_names = st.sampled_from(
+    ["cache-control", "expires", "date", "age", "vary", "etag", "last-modified", "content-length", "surrogate-key"]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=st.lists(st.lists(st.tuples(header_names, header_values), max_size=4), min_size=1, max_size=4),
+    response=st.lists(st.tuples(response_names, header_values), max_size=5),
+    status=st.sampled_from([200, 203, 304, 404, 500]),
+    query=st.binary(max_size=20),
+)
+def test_malformed_headers_never_crash_and_always_answer_once(
+    requests: list[list[tuple[str, str]]], response: list[tuple[str, str]], status: int, query: bytes
+) -> None:
+    raw_response = [(k.encode(), v.encode("latin-1")) for k, v in response]
+
+    async def origin(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": raw_response})
+        await send({"type": "http.response.body", "body": b"body"})
+
+    clock = ManualClock(T0)
+    mw = CacheMiddleware(origin, clock=clock, telemetry=OFF)
+
+    async def run() -> None:
+        for headers in requests:
+            h = await ASGIHarness().run(mw, http_scope(headers=headers, query_string=query))
+            assert h.start_count == 1 and h.complete
+            assert (h.header("cache-status") or "").startswith("asgi-resilience")
+            assert h.status in (status, 200, 304, 504)
+            clock.advance(7)
+
+    anyio.run(run)
