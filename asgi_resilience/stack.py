@@ -91,14 +91,20 @@ def _seconds(value: Any, what: str) -> float:
     return float(value)
 
 
-def _rate_limit_options(value: Any) -> dict[str, Any]:
+def _rule(value: Any) -> Any:
     if isinstance(value, str):
         rule_cls = getattr(importlib.import_module("asgi_resilience.ratelimit"), "Rule", None)
         if rule_cls is None:  # pragma: no cover - only while the rate limiter is missing
             raise ConfigurationError("rate_limit='...' needs asgi_resilience.ratelimit.Rule")
-        return {"rules": [rule_cls(value)]}
+        return rule_cls(value)
+    return value
+
+
+def _rate_limit_options(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"rules": [_rule(value)]}
     if isinstance(value, Sequence):
-        return {"rules": list(value)}
+        return {"rules": [_rule(item) for item in value]}
     if type(value).__name__ == "Rule":
         return {"rules": [value]}
     raise ConfigurationError(
@@ -200,12 +206,16 @@ class ResilienceStack:
     ``ResilienceStack(...).wrap(app)`` (or calling the stack with the app) returns a
     :class:`ResilientApp`; :func:`resilient` does both in one call. Shorthands besides a dict:
 
-    * ``rate_limit``: a ``Rule``, a list of Rules, or a rate string (``"100/minute"``: one rule per
-      client IP);
+    * ``rate_limit``: a ``Rule``, a rate string (``"100/minute"``: one rule per client IP), or a list
+      of them;
     * ``cache``: a backend URL (``"memory://"``, ``"redis://..."``), a shared ``Cache`` object (to
       call ``purge``/``purge_tags`` from the app), or ``CacheRule`` objects;
     * ``timeout``: seconds (``float`` or ``timedelta``);
     * ``concurrency``: the maximum number of concurrent requests.
+
+    The shape of every option (known keywords, shorthands, the queue/timeout combination) is checked
+    here; the values themselves are checked by each middleware when :meth:`wrap` builds it, which for
+    :func:`resilient` is the same call.
 
     Args:
         problems: ProblemDetailsMiddleware options; on by default.

@@ -344,7 +344,10 @@ async def test_in_starlette_error_problems_still_pass_through_every_layer() -> N
 
 def test_real_layers_reject_unknown_options_and_take_a_cache_object() -> None:
     from asgi_resilience import Cache
+    from asgi_resilience import Rule as RealRule
 
+    rules = ResilienceStack(rate_limit=["5/second", RealRule("100/minute", name="m")]).options("rate_limit")["rules"]
+    assert [type(rule) for rule in rules] == [RealRule, RealRule] and rules[1].name == "m"
     with pytest.raises(ConfigurationError, match="RateLimitMiddleware has no option 'rule'"):
         ResilienceStack(rate_limit={"rule": "1/second"})
     from asgi_resilience import CacheRule
