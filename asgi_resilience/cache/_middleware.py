@@ -229,7 +229,9 @@ class CacheMiddleware:
     def _lifespan_receive(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                self.cache._closed = False  # an app can be started again (TestClient used twice)
+            elif message["type"] == "lifespan.shutdown":
                 await self.cache.aclose()
             return message
 

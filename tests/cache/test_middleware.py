@@ -787,12 +787,15 @@ async def test_decorator_and_rules_with_starlette() -> None:
 
 async def test_non_http_scopes_pass_through_and_lifespan_closes_owned_cache() -> None:
     seen: list[str] = []
+    closed_at_startup: list[bool] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append(scope["type"])
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
+                if message["type"] == "lifespan.startup":
+                    closed_at_startup.append(mw.cache._closed)
                 if message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
@@ -806,6 +809,15 @@ async def test_non_http_scopes_pass_through_and_lifespan_closes_owned_cache() ->
 
     await mw({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, _drop)
     assert seen == ["websocket", "lifespan"] and mw.cache._closed
+    messages.extend([{"type": "lifespan.startup"}])
+
+    async def startup_only() -> Any:
+        if messages:
+            return messages.pop(0)
+        return {"type": "lifespan.shutdown"}
+
+    await mw({"type": "lifespan", "asgi": {"version": "3.0"}}, startup_only, _drop)
+    assert mw.cache._closed and closed_at_startup == [False, False]  # usable again after a second startup
 
 
 async def _never() -> Any:
