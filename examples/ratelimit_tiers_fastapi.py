@@ -15,32 +15,27 @@ import os
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from starlette.requests import HTTPConnection
 
 from asgi_resilience import RateLimitMiddleware, Rule, rate_limit
-from asgi_resilience.types import Scope
 
 TIERS = {"free": "10/minute", "standard": "60/minute", "premium": "300/minute", "enterprise": "1000/minute"}
 # In a real service this is a database or cache lookup (it may be async, as here).
 API_KEYS = {"key-free": "free", "key-standard": "standard", "key-premium": "premium", "key-enterprise": "enterprise"}
 
 
-def api_key_of(scope: Scope) -> str | None:
-    return next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-api-key"), None)
-
-
-async def plan_limit(scope: Scope) -> str | None:
+async def plan_limit(request: HTTPConnection) -> str | None:
     """The limit of the caller's plan; unknown or missing keys get the free tier."""
-    return TIERS[API_KEYS.get(api_key_of(scope) or "", "free")]
+    return TIERS[API_KEYS.get(request.headers.get("x-api-key", ""), "free")]
 
 
-def account(scope: Scope) -> str:
+def account(request: HTTPConnection) -> str:
     """One bucket per known API key. Unknown keys share their client's bucket: otherwise inventing
     a new key per request would give a fresh free-tier bucket each time."""
-    api_key = api_key_of(scope)
+    api_key = request.headers.get("x-api-key", "")
     if api_key in API_KEYS:
         return "key:" + api_key
-    client = scope.get("client")
-    return "anonymous:" + (client[0] if client else "unknown")
+    return "anonymous:" + (request.client.host if request.client else "unknown")
 
 
 router = APIRouter(prefix="/items")

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import anyio
+from starlette.requests import HTTPConnection
 
 from asgi_resilience._asgi import SendTracker, append_headers, get_header, send_error
 from asgi_resilience._clock import Clock
@@ -102,7 +103,7 @@ class RateLimitMiddleware:
         storage: ``"memory://"`` (per process), a Redis URL (``redis://``, ``rediss://``,
             ``redis+cluster://``, ``redis+sentinel://``) or a ``redis.asyncio`` client.
         strategy: ``"sliding-window"`` (default), ``"fixed-window"``, ``"moving-window"`` or ``"gcra"``.
-        exempt: glob path patterns (``["/health", "/metrics*"]``) or a sync/async callable of the scope
+        exempt: glob path patterns (``["/health", "/metrics*"]``) or a sync/async callable of the request
             returning True for requests that skip every rule.
         trusted_proxies: None (the peer is the client), CIDRs, a hop count, or a
             :class:`~asgi_resilience._proxy.TrustedProxies`.
@@ -127,7 +128,7 @@ class RateLimitMiddleware:
         rules: Sequence[Rule] = (),
         storage: str | Any = "memory://",
         strategy: Strategy = "sliding-window",
-        exempt: Sequence[str] | str | Callable[[Scope], bool | Awaitable[bool]] | None = None,
+        exempt: Sequence[str] | str | Callable[[Any], bool | Awaitable[bool]] | None = None,
         trusted_proxies: Sequence[str] | int | TrustedProxies | None = None,
         on_store_error: StoreErrorMode = "open",
         store_timeout: float = 0.05,
@@ -178,7 +179,7 @@ class RateLimitMiddleware:
         self._memory = self.storage if type(self.storage) is MemoryStorage else None
         self._fallback = MemoryStorage(clock=clock or time.time) if on_store_error == "local" else None
         self._exempt_regex: re.Pattern[str] | None = None
-        self._exempt_call: Callable[[Scope], bool | Awaitable[bool]] | None = None
+        self._exempt_call: Callable[[Any], bool | Awaitable[bool]] | None = None
         if isinstance(exempt, str):
             exempt = [exempt]
         if callable(exempt):
@@ -250,7 +251,7 @@ class RateLimitMiddleware:
             return
         if self._exempt_call is not None:
             try:
-                exempt = self._exempt_call(scope)
+                exempt = self._exempt_call(HTTPConnection(scope))
                 if inspect.isawaitable(exempt):
                     exempt = await exempt
             except Exception:
@@ -328,24 +329,25 @@ class RateLimitMiddleware:
     async def _checks(self, scope: Scope, rules: Sequence[Rule]) -> list[Check]:
         checks: list[Check] = []
         global_shadow = self.shadow
+        request = HTTPConnection(scope)  # what callables receive: also a mapping over the scope
         for rule in rules:
             limits = rule.limits
             if limits is None:
-                value = rule.limit(scope)  # type: ignore[operator]
+                value = rule.limit(request)  # type: ignore[operator]
                 if inspect.isawaitable(value):
                     value = await value
                 if value is None:
                     continue  # unlimited for this request
                 limits = parse_limits(value)
                 self._check_rule_limits(rule, limits)
-            partition = self._partition(rule.key, scope)
+            partition = self._partition(rule.key, scope, request)
             if partition is not None and not isinstance(partition, str):
                 partition = await partition
             if partition is None:
                 continue
             cost: Any = rule.cost
             if not isinstance(cost, int):
-                cost = cost(scope)
+                cost = cost(request)
                 if inspect.isawaitable(cost):
                     cost = await cost
                 if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
@@ -362,13 +364,13 @@ class RateLimitMiddleware:
         if self.strategy == "moving-window" and any(limit.amount > MOVING_WINDOW_MAX for limit in limits):
             raise ValueError(f"rule {rule.name!r}: moving-window limits are capped at {MOVING_WINDOW_MAX}")
 
-    def _partition(self, key: KeySource, scope: Scope) -> str | None | Awaitable[str | None]:
+    def _partition(self, key: KeySource, scope: Scope, request: Any = None) -> str | None | Awaitable[str | None]:
         if key == "ip":
             return self._ip_partition(scope)
         if key == "global":
             return "global"
         if not isinstance(key, str):
-            value = key(scope)
+            value = key(request if request is not None else HTTPConnection(scope))
             if inspect.isawaitable(value):
                 return _prefixed(value)
             return None if value is None else "key:" + str(value)

@@ -43,8 +43,8 @@ Strategy = Literal["sliding-window", "fixed-window", "moving-window", "gcra"]
 STRATEGIES: tuple[str, ...] = ("sliding-window", "fixed-window", "moving-window", "gcra")
 MOVING_WINDOW_MAX = 10_000
 
-# What a rule's callables receive: the ASGI scope (a ``starlette.requests.HTTPConnection`` can be
-# built from it). Each may be sync or async.
+# What a rule's callables receive: the request as a ``starlette.requests.HTTPConnection`` (``.headers``,
+# ``.client``, ``.url``; it is also a read-only mapping over the ASGI scope). Each may be sync or async.
 LimitSource = str | Callable[[Any], str | None | Awaitable[str | None]]
 KeySource = str | Callable[[Any], str | None | Awaitable[str | None]]
 CostSource = int | Callable[[Any], int | Awaitable[int]]
@@ -114,14 +114,15 @@ class Rule:
 
     Args:
         limit: a rate string (``"100/minute"``, several joined by ``;``) or a sync/async callable of
-            the ASGI scope returning one, or None for unlimited (how tiers work).
+            the request (a ``starlette.requests.HTTPConnection``) returning one, or None for unlimited
+            (how tiers work).
         key: how requests are grouped: ``"ip"`` (the client address, see ``trusted_proxies``),
             ``"header:<Name>"``, ``"user"`` (``scope["user"]`` set by an auth middleware; anonymous
             users fall back to their address), ``"global"`` (one bucket for everyone), or a
-            sync/async callable of the scope returning a string (None skips the rule).
+            sync/async callable of the request returning a string (None skips the rule).
         path: glob pattern(s) the request path must match (``"/api/*"``; ``*`` also matches ``/``).
         methods: HTTP methods the rule applies to (all when None).
-        cost: quota units a request takes: an int or a sync/async callable of the scope.
+        cost: quota units a request takes: an int or a sync/async callable of the request.
         name: the policy name in headers, metrics and ``violated_policies``.
         shadow: decide and count, but never reject (dark launch).
     """

@@ -8,13 +8,12 @@ import httpx
 from fastapi import APIRouter, FastAPI
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from asgi_resilience import RateLimitMiddleware, Rule, rate_limit
 from asgi_resilience.testing import ManualClock
-from asgi_resilience.types import Scope
 
 
 def client(app: Any) -> httpx.AsyncClient:
@@ -126,11 +125,12 @@ async def test_starlette_routes_and_mounted_apps() -> None:
         assert rejected.status_code == 429 and rejected.json()["violated_policies"] == ["site"]
 
 
-async def test_plain_starlette_request_object_in_callables() -> None:
-    """Callables receive the ASGI scope; a Starlette Request can be built from it."""
+async def test_callables_receive_the_request() -> None:
+    """Callables get a Starlette HTTPConnection: ``request.headers``, ``request.client``, ``request["path"]``."""
 
-    def api_key(scope: Scope) -> str | None:
-        return Request(scope).headers.get("x-api-key")
+    def api_key(request: HTTPConnection) -> str | None:
+        assert request["path"] == "/" and request.client is not None
+        return request.headers.get("x-api-key")
 
     async def home(request: Request) -> Response:
         return PlainTextResponse("home")
