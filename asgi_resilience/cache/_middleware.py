@@ -487,11 +487,20 @@ class CacheMiddleware:
         headers, _ = revalidation_headers(req.headers, stale)
         scope = {**req.scope, "headers": headers, "method": "GET"}  # a HEAD's refresh fetches the storable GET
         refresh = _Request(**{**req.__dict__, "scope": scope, "headers": headers, "method": "GET"})
+        token: str | None = "local"
         try:
+            if self.cache.store.shared:  # one refresh across workers too: the same lease as a miss
+                token = await self.cache.call(
+                    "lease", lambda: self.cache.store.acquire_lease(key, self.lock_timeout), "local"
+                )
+                if token is None:
+                    return
             await self._forward(refresh, receive, discard, stale, flight, silent=True)
         except Exception as exc:
             logger.warning("background revalidation of a stale cache entry failed: %s", type(exc).__name__)
         finally:
+            if token is not None and token != "local":
+                await self.cache.call("lease", lambda: self.cache.store.release_lease(key, token), None)
             self._refreshing.discard(key)
             flight.done.set()
             if self._flights.get(key) is flight:

@@ -314,3 +314,24 @@ async def test_l1_is_dropped_when_the_invalidation_channel_was_lost(redis_factor
         assert origin.calls <= 3
     finally:
         await cache.aclose()
+
+
+async def test_stale_while_revalidate_refreshes_once_across_instances(redis_url: str, caches: list[Cache]) -> None:
+    clock = ManualClock(T0)
+    origin = Origin(headers=[("cache-control", "max-age=10, stale-while-revalidate=60")])
+    workers = [
+        CacheMiddleware(origin, cache=new_cache(caches, redis_url, clock=clock), telemetry=OFF) for _ in range(2)
+    ]
+    await get(workers[0])
+    clock.advance(20)
+    origin.delay = 0.1
+    results: list[ASGIHarness] = []
+
+    async def one(mw: CacheMiddleware) -> None:
+        results.append(await get(mw))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(one, workers[i % 2])
+    assert origin.calls == 2  # the first miss and one refresh for both workers
+    assert all("fwd=stale" in status_of(r) for r in results)
