@@ -21,6 +21,7 @@ from asgi_resilience.cache._policy import (
     CookiePolicy,
     Entry,
     RequestDirectives,
+    StoreDecision,
     VaryMarker,
     build_entry,
     cache_status,
@@ -538,7 +539,7 @@ class CacheMiddleware:
         upstream_headers: list[tuple[bytes, bytes]] = []
         capture: list[bytes] | None = None
         size = 0
-        decision: Any = None
+        decision: StoreDecision | None = None
         tags: tuple[str, ...] = ()
         entry: Entry | None = None
 
@@ -640,7 +641,7 @@ class CacheMiddleware:
     def _build(
         self,
         req: _Request,
-        decision: Any,
+        decision: StoreDecision,
         status: int,
         headers: list[tuple[bytes, bytes]],
         capture: list[bytes],
