@@ -295,11 +295,10 @@ def isolated_rows(calls: int, rounds: int, loopback: dict[str, float]) -> list[l
         for name, aclient in shuffled(async_clients):
             samples.setdefault(("async", name), []).append(asyncio.run(async_round(aclient)))
     rows = []
-    for flavour in ("sync", "async"):
+    for flavour, names in (("sync", list(sync_clients)), ("async", list(async_clients))):
         base = statistics.median(samples[(flavour, "bare httpx")])
-        for (kind, name), values in samples.items():
-            if kind != flavour:
-                continue
+        for name in names:
+            values = samples[(flavour, name)]
             cost = statistics.median(values) - base
             share = cost / loopback[flavour] * 100 if name != "bare httpx" else 0.0
             rows.append(
