@@ -573,6 +573,8 @@ class CacheMiddleware:
                         heuristic_fraction=self.heuristic_fraction,
                     )
                 will_store = decision is not None and decision.store
+                if decision is not None and not decision.store and logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("response to %s not stored: %s", req.index, decision.reason)
                 length = _content_length(upstream_headers)
                 if will_store and length is not None and length > self.max_body_size:
                     will_store = False

@@ -1023,3 +1023,10 @@ async def test_decorator_on_fastapi_included_router() -> None:
         assert second.json() == first == {"id": 1, "call": 1}
         assert second.headers["cache-status"].startswith("asgi-resilience; hit")
         assert (await client.get("/api/items/2")).json() == {"id": 2, "call": 2}
+
+
+async def test_debug_log_names_the_rule_that_refused_storing(caplog: pytest.LogCaptureFixture) -> None:
+    mw, _ = make(Origin(headers=[("cache-control", "private, max-age=60")]))
+    with caplog.at_level(logging.DEBUG, logger="asgi_resilience.cache"):
+        await get(mw, "/me")
+    assert "response to /me not stored: private" in caplog.text
