@@ -1,0 +1,511 @@
+"""End-to-end load and chaos suite: the full stack under uvicorn with real workers, Redis and faults.
+
+    python benchmarks/e2e.py            # full run (4 workers, plus a 1-worker throughput comparison)
+    python benchmarks/e2e.py --quick    # the small CI variant (also run by ``pytest -m e2e``)
+
+Starts on 127.0.0.1 only: a throw-away redis-server, a controllable origin (benchmarks/e2e_origin.py)
+and the API (benchmarks/e2e_app.py) under ``uvicorn --workers N``, wrapped by the full stack with
+Redis-backed rate limits and cache, plus the same API bare for the baseline. Load comes from a bounded
+async httpx loop (fixed request count and concurrency, capped in time). Prints a throughput table
+(bare vs stack, the ratio is what matters) and one PASS/FAIL line per scenario; exits 1 on a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from asgi_resilience.testing import RedisServer
+from benchmarks._support import LOAD_TABLE_HEADERS, LoadResult, Uvicorn, load, print_table
+
+
+@dataclass
+class Sizes:
+    workers: int = 4
+    exact_keys: int = 10
+    exact_per_key: int = 200  # 10 x 200 = 2 000 requests, 100 admitted per key
+    concurrency: int = 100
+    chaos_seconds: float = 9.0
+    outage_at: float = 1.5
+    outage_for: float = 5.0
+    storm_seconds: float = 10.0
+    storm_rate_loops: int = 8
+    slow_requests: int = 40
+    stampede_requests: int = 500
+    overload_limit: int = 4  # per worker
+    overload_seconds: float = 5.0
+    throughput_requests: int = 3000
+
+
+QUICK = Sizes(
+    exact_keys=4,
+    exact_per_key=150,
+    concurrency=50,
+    chaos_seconds=8.0,
+    storm_seconds=5.0,
+    storm_rate_loops=6,
+    slow_requests=20,
+    stampede_requests=200,
+    overload_seconds=3.0,
+    throughput_requests=600,
+)
+
+
+@dataclass
+class Outcome:
+    name: str
+    passed: bool
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Env:
+    sizes: Sizes
+    redis: RedisServer
+    origin: Uvicorn
+    api: Uvicorn
+
+    def control(self, **settings: Any) -> None:
+        httpx.post(self.origin.url + "/__control", json=settings, timeout=5).raise_for_status()
+
+    def origin_requests(self, reset: bool = False) -> int:
+        response = httpx.request("POST" if reset else "GET", self.origin.url + "/__stats", timeout=5)
+        return int(response.json()["requests"])
+
+    def redis_get(self, key: str) -> int:
+        import redis
+
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            return int(client.get(key) or 0)
+        finally:
+            client.close()
+
+
+def _is_problem(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("application/problem+json")
+
+
+async def exactness(env: Env) -> Outcome:
+    sizes = env.sizes
+    keys = [f"key-{uuid.uuid4().hex[:8]}-{i}" for i in range(sizes.exact_keys)]
+    total = sizes.exact_keys * sizes.exact_per_key
+    per_key: dict[str, Counter[int]] = defaultdict(Counter)
+
+    def keep(response: httpx.Response) -> bool:
+        per_key[response.request.headers["x-api-key"]][response.status_code] += 1
+        return False
+
+    result = await load(
+        "exactness",
+        env.api.url + "/keyed",
+        requests=total,
+        concurrency=sizes.concurrency,
+        headers=lambda i: {"x-api-key": keys[i % len(keys)]},
+        keep=keep,
+    )
+    admitted = sorted(per_key[k][200] for k in keys)
+    passed = admitted == [100] * len(keys) and result.statuses[200] + result.statuses[429] == total
+    return Outcome(
+        "1. exactness",
+        passed,
+        [
+            f"{total} requests, {len(keys)} keys, {sizes.workers} workers, 100/minute per key",
+            f"admitted per key: {admitted}; statuses {dict(result.statuses)} errors {dict(result.errors)}",
+        ],
+    )
+
+
+async def redis_outage(env: Env) -> Outcome:
+    sizes = env.sizes
+    started = time.monotonic()
+    records: list[tuple[float, str, int, httpx.Headers]] = []
+    cache_path = f"/cached?v={uuid.uuid4().hex[:8]}"
+    stop_at = started + sizes.chaos_seconds
+    marks: dict[str, float] = {}
+
+    async def chaos() -> None:
+        await asyncio.sleep(sizes.outage_at)
+        marks["kill"] = time.monotonic() - started
+        env.redis.kill()
+        await asyncio.sleep(sizes.outage_for)
+        await asyncio.to_thread(env.redis.start)
+        marks["restart"] = time.monotonic() - started
+
+    async def loop(client: httpx.AsyncClient, n: int) -> None:
+        i = 0
+        while time.monotonic() < stop_at:
+            i += 1
+            path = cache_path if (i + n) % 2 else "/keyed"
+            try:
+                response = await client.get(path, headers={"x-api-key": f"outage-{n}-{i % 50}"})
+            except httpx.HTTPError:
+                records.append((time.monotonic() - started, path, 0, httpx.Headers()))
+                continue
+            records.append((time.monotonic() - started, path, response.status_code, response.headers))
+            await asyncio.sleep(0.01)
+
+    async with httpx.AsyncClient(base_url=env.api.url, timeout=10) as client:
+        await asyncio.gather(chaos(), *(loop(client, n) for n in range(8)))
+
+    statuses = Counter(status for _, _, status, _ in records)
+    kill, restart = marks["kill"], marks["restart"]
+    outage = [r for r in records if kill + 0.3 < r[0] < restart]
+    limited_during = [r for r in outage if r[1] == "/keyed" and r[2] != 200]
+    after = [r for r in records if r[0] > restart]
+    first_limited = next((t for t, p, s, h in after if p == "/keyed" and "ratelimit" in h), None)
+    first_hit = next((t for t, p, s, h in after if p != "/keyed" and "hit" in h.get("cache-status", "")), None)
+    limiter_recovery = None if first_limited is None else first_limited - restart
+    cache_recovery = None if first_hit is None else first_hit - restart
+    cache_during = Counter(s for _, p, s, _ in outage if p != "/keyed")
+    passed = (
+        statuses.get(500, 0) == 0
+        and statuses.get(0, 0) == 0
+        and not limited_during  # on_store_error="open": every request admitted while Redis is down
+        and cache_during.keys() <= {200}  # the cache serves from the app
+        and limiter_recovery is not None
+        and limiter_recovery <= 1.0
+        and cache_recovery is not None
+        and cache_recovery <= 1.0 + 0.25  # + one app computation (200 ms) to refill the entry
+    )
+    return Outcome(
+        "2. redis killed and restarted",
+        passed,
+        [
+            f"{len(records)} requests; Redis killed at {kill:.1f} s, restarted at {restart:.1f} s",
+            f"statuses {dict(statuses)}; during the outage: /keyed non-200 {len(limited_during)}, "
+            f"/cached {dict(cache_during)}",
+            f"recovery after restart: limiter {_fmt(limiter_recovery)}, cache hit {_fmt(cache_recovery)}",
+        ],
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f} s"
+
+
+async def origin_storm(env: Env) -> Outcome:
+    sizes = env.sizes
+    env.origin_requests(reset=True)
+    env.control(fail=True, latency=0.0)
+    offered = Counter[str]()
+    fast_rejections: list[float] = []
+    bad: list[str] = []
+    recovered: list[int] = []
+    started = time.monotonic()
+    heal_at = started + sizes.storm_seconds
+    end_at = heal_at + 4.0
+    origin_during = 0
+
+    async def loop(client: httpx.AsyncClient) -> None:
+        while (now := time.monotonic()) < end_at:
+            t0 = time.perf_counter()
+            try:
+                response = await client.get("/upstream")
+            except httpx.HTTPError as exc:
+                bad.append(type(exc).__name__)
+                continue
+            elapsed = time.perf_counter() - t0
+            if now < heal_at:
+                offered["during"] += 1
+                if response.status_code == 503:
+                    if not (_is_problem(response) and response.headers.get("retry-after", "").isdigit()):
+                        bad.append("503 without problem+json or Retry-After")
+                    fast_rejections.append(elapsed)
+                elif response.status_code != 502:
+                    bad.append(f"status {response.status_code} while the origin fails")
+            elif now > end_at - 1.0:
+                recovered.append(response.status_code)
+            await asyncio.sleep(0.02)
+
+    async def heal() -> None:
+        nonlocal origin_during
+        await asyncio.sleep(sizes.storm_seconds)
+        origin_during = await asyncio.to_thread(env.origin_requests)
+        await asyncio.to_thread(env.control, fail=False)
+
+    async with httpx.AsyncClient(base_url=env.api.url, timeout=10) as client:
+        await asyncio.gather(heal(), *(loop(client) for _ in range(sizes.storm_rate_loops)))
+
+    ratio = origin_during / max(1, offered["during"])
+    p95_reject = sorted(fast_rejections)[int(0.95 * (len(fast_rejections) - 1))] if fast_rejections else None
+    passed = (
+        ratio <= 1.2
+        and len(fast_rejections) > 0
+        and p95_reject is not None
+        and p95_reject < 0.1
+        and not bad
+        and recovered
+        and all(s == 200 for s in recovered)
+    )
+    return Outcome(
+        "3. origin 503 storm",
+        passed,
+        [
+            f"offered {offered['during']} requests in {sizes.storm_seconds:.0f} s; origin saw {origin_during} "
+            f"({ratio:.2f}x, limit 1.2x)",
+            f"fast 503 rejections (breaker open): {len(fast_rejections)}, p95 {_fmt(p95_reject)}; problems: {bad[:3]}",
+            f"last second after healing: {dict(Counter(recovered))}",
+        ],
+    )
+
+
+async def _debug_state(env: Env, probes: int = 40) -> dict[int, int]:
+    seen: dict[int, int] = {}
+    for _ in range(probes):
+        # a new connection each time, so the probes spread over the workers
+        async with httpx.AsyncClient(base_url=env.api.url, timeout=5) as client:
+            data = (await client.get("/_debug/state")).json()
+        seen[data["pid"]] = min(seen.get(data["pid"], 10**9), data["tasks"])
+    return seen
+
+
+def _connections_to(port: int) -> int:
+    """ESTABLISHED TCP connections whose remote end is 127.0.0.1:port (from /proc/net/tcp)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            remote, state = parts[2], parts[3]
+            if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+async def slow_origin(env: Env) -> Outcome:
+    sizes = env.sizes
+    tasks_before = await _debug_state(env)
+    conns_before = _connections_to(env.origin.port)
+    env.control(fail=False, latency=2.0)
+    try:
+        result = await load(
+            "slow origin",
+            env.api.url + "/slow",
+            requests=sizes.slow_requests,
+            concurrency=sizes.slow_requests,
+            keep=lambda r: True,
+        )
+    finally:
+        env.control(latency=0.0)
+    await asyncio.sleep(2.5)  # the origin's own sleeps end; connections and tasks settle
+    tasks_after = await _debug_state(env)
+    conns_after = _connections_to(env.origin.port)
+    slowest = max(result.latencies) if result.latencies else float("inf")
+    all_504 = result.statuses == Counter({504: sizes.slow_requests}) and all(_is_problem(r) for r in result.responses)
+    leaked_tasks = {pid: tasks_after.get(pid, 0) - n for pid, n in tasks_before.items() if tasks_after.get(pid, 0) > n}
+    passed = all_504 and slowest <= 0.5 + 0.1 and not leaked_tasks and conns_after <= conns_before
+    return Outcome(
+        "4. slow origin",
+        passed,
+        [
+            f"{sizes.slow_requests} concurrent requests, route timeout 0.5 s, origin latency 2 s: "
+            f"statuses {dict(result.statuses)}, slowest {slowest * 1000:.0f} ms (limit 600 ms)",
+            f"tasks per worker before {sorted(tasks_before.values())} after {sorted(tasks_after.values())}; "
+            f"connections to the origin before {conns_before} after {conns_after}",
+        ],
+    )
+
+
+async def stampede(env: Env) -> Outcome:
+    sizes = env.sizes
+    path = f"/cached?v={uuid.uuid4().hex[:8]}"
+    before = env.redis_get("e2e:cached_calls")
+    result = await load(
+        "stampede", env.api.url + path, requests=sizes.stampede_requests, concurrency=sizes.stampede_requests
+    )
+    calls = env.redis_get("e2e:cached_calls") - before
+    passed = calls <= sizes.workers and result.statuses == Counter({200: sizes.stampede_requests})
+    return Outcome(
+        "5. cache stampede",
+        passed,
+        [
+            f"{sizes.stampede_requests} concurrent requests for one cold key, {sizes.workers} workers: "
+            f"{calls} app calls (limit {sizes.workers}); statuses {dict(result.statuses)}"
+        ],
+    )
+
+
+async def overload(env: Env) -> Outcome:
+    sizes = env.sizes
+    limit = sizes.overload_limit * sizes.workers
+    unloaded = await load("unloaded", env.api.url + "/work", requests=100, concurrency=max(1, limit // 4))
+    loaded = await _pressure(env.api.url + "/work", concurrency=limit * 10, seconds=sizes.overload_seconds)
+    admitted = LoadResult("admitted", latencies=loaded.latencies)
+    rejected = loaded.responses
+    p99_unloaded = unloaded.percentile(99)
+    p99_admitted = admitted.percentile(99)
+    p95_rejected = loaded.percentile_of(loaded.rejection_latencies, 95)
+    well_formed = all(_is_problem(r) and r.headers.get("retry-after", "").isdigit() for r in rejected)
+    passed = (
+        bool(rejected)
+        and well_formed
+        and p99_admitted <= 2 * p99_unloaded
+        and p95_rejected < p99_unloaded
+        and loaded.statuses.keys() <= {200, 503}
+    )
+    return Outcome(
+        "6. overload",
+        passed,
+        [
+            f"limit {limit} ({sizes.overload_limit} per worker), offered concurrency {limit * 10} for "
+            f"{sizes.overload_seconds:.0f} s: statuses {dict(loaded.statuses)} errors {dict(loaded.errors)}",
+            f"p99 unloaded {p99_unloaded * 1000:.0f} ms, p99 admitted under overload {p99_admitted * 1000:.0f} ms "
+            f"(limit 2x); 503s p95 {p95_rejected * 1000:.0f} ms, problem+json with Retry-After: {well_formed}",
+        ],
+    )
+
+
+@dataclass
+class _Pressure:
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # admitted (200) only
+    rejection_latencies: list[float] = field(default_factory=list)
+    responses: list[httpx.Response] = field(default_factory=list)  # rejected ones
+
+    @staticmethod
+    def percentile_of(values: list[float], q: float) -> float:
+        if not values:
+            return float("inf")
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+async def _pressure(url: str, *, concurrency: int, seconds: float) -> _Pressure:
+    """``concurrency`` loops hitting ``url`` back to back for ``seconds`` (bounded in time)."""
+    result = _Pressure()
+    stop_at = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+
+        async def loop() -> None:
+            while time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    response = await client.get(url)
+                except httpx.HTTPError as exc:
+                    result.errors[type(exc).__name__] += 1
+                    continue
+                elapsed = time.perf_counter() - t0
+                result.statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    result.latencies.append(elapsed)
+                else:
+                    result.rejection_latencies.append(elapsed)
+                    if len(result.responses) < 500:
+                        result.responses.append(response)
+
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return result
+
+
+SCENARIOS: list[Callable[[Env], Any]] = [exactness, stampede, slow_origin, overload, origin_storm, redis_outage]
+
+
+async def throughput(sizes: Sizes, redis_url: str, origin_url: str) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for workers in (1, sizes.workers):
+        results: dict[str, LoadResult] = {}
+        for mode in ("bare", "stack"):
+            env = {"E2E_MODE": mode, "REDIS_URL": redis_url, "ORIGIN_URL": origin_url}
+            with Uvicorn("benchmarks.e2e_app:app", workers=workers, env=env) as api:
+                await load("warm-up", api.url + "/hello", requests=200, concurrency=20)
+                results[mode] = await load(
+                    f"{mode}, {workers} worker(s)",
+                    api.url + "/hello",
+                    requests=sizes.throughput_requests,
+                    concurrency=50,
+                )
+        for mode in ("bare", "stack"):
+            rows.append(results[mode].row())
+        bare, stack = results["bare"], results["stack"]
+        rows.append(
+            [
+                f"stack / bare, {workers} worker(s)",
+                "",
+                f"{(stack.count / stack.elapsed) / (bare.count / bare.elapsed):.2f}",
+                f"{stack.percentile(50) / bare.percentile(50):.2f}",
+                f"{stack.percentile(95) / bare.percentile(95):.2f}",
+                f"{stack.percentile(99) / bare.percentile(99):.2f}",
+                "",
+            ]
+        )
+    return rows
+
+
+@contextmanager
+def environment(sizes: Sizes) -> Iterator[Env]:
+    with RedisServer() as redis_server:
+        origin = Uvicorn("benchmarks.e2e_origin:app", workers=1).start()
+        try:
+            env = {"E2E_MODE": "stack", "REDIS_URL": redis_server.url, "ORIGIN_URL": origin.url}
+            with Uvicorn(
+                "benchmarks.e2e_app:app",
+                workers=sizes.workers,
+                env={**env, "E2E_WORK_LIMIT": str(sizes.overload_limit)},
+            ) as api:
+                yield Env(sizes, redis_server, origin, api)
+        finally:
+            origin.stop()
+
+
+async def run(sizes: Sizes, *, with_throughput: bool = True, only: str | None = None) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    with environment(sizes) as env:
+        if with_throughput:
+            rows = await throughput(sizes, env.redis.url, env.origin.url)
+            print("\nThroughput on /hello (plain JSON), bare app vs full stack, same run:\n")
+            print_table(LOAD_TABLE_HEADERS, rows)
+        for scenario in SCENARIOS:
+            if only and not re.search(only, scenario.__name__):
+                continue
+            t0 = time.perf_counter()
+            try:
+                outcome = await scenario(env)
+            except Exception as exc:  # a crashed scenario is a failed one, with the reason shown
+                outcome = Outcome(scenario.__name__, False, [f"crashed: {type(exc).__name__}: {exc}"])
+            outcome.details.append(f"took {time.perf_counter() - t0:.1f} s")
+            outcomes.append(outcome)
+            print(f"\n{'PASS' if outcome.passed else 'FAIL'}  {outcome.name}")
+            for line in outcome.details:
+                print(f"      {line}")
+            sys.stdout.flush()
+    return outcomes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the small CI variant")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the bare-vs-stack throughput table")
+    parser.add_argument("--only", help="run only scenarios whose function name matches this regex")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else Sizes()
+    started = time.perf_counter()
+    outcomes = asyncio.run(run(sizes, with_throughput=not args.no_throughput, only=args.only))
+    failed = [o.name for o in outcomes if not o.passed]
+    print(f"\n{len(outcomes) - len(failed)}/{len(outcomes)} scenarios passed in {time.perf_counter() - started:.0f} s")
+    if failed:
+        print("FAILED: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
