@@ -272,3 +272,39 @@ async def test_the_whole_stack_reports_through_one_telemetry() -> None:
     assert sum(v for _, v in data["asgi_resilience.concurrency.active"][2]) == 0
     snapshot = app.stack.snapshot()
     assert {"rate_limit", "cache", "concurrency"} <= set(snapshot["components"])
+
+
+async def test_breaker_state_and_transitions_stay_consistent_through_a_full_cycle() -> None:
+    telemetry, reader = sdk_telemetry()
+    healthy = False
+
+    async def origin(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200 if healthy else 503, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    transport = AsyncCircuitBreakerTransport(
+        httpx.ASGITransport(app=origin),
+        policy=BreakerPolicy(minimum_calls=2, failure_rate=0.5, break_duration=0.05),
+        shared=False,
+        telemetry=telemetry,
+    )
+    origin_name = "http://cycle.test:80"
+    async with httpx.AsyncClient(transport=transport, base_url="http://cycle.test") as client:
+        for _ in range(3):
+            try:
+                await client.get("/")
+            except httpx.TransportError:
+                break
+        state = values(exported(reader), "asgi_resilience.circuit_breaker.state")
+        assert state[(("origin", origin_name), ("state", "open"))] == 1
+        await anyio.sleep(0.1)  # past break_duration: the next call is the half-open probe
+        healthy = True
+        assert (await client.get("/")).status_code == 200
+    data = exported(reader)
+    state = values(data, "asgi_resilience.circuit_breaker.state")
+    assert {key[1][1]: value for key, value in state.items()} == {"closed": 1, "open": 0, "half_open": 0}
+    assert values(data, "asgi_resilience.circuit_breaker.transitions") == {
+        (("from", "closed"), ("origin", origin_name), ("to", "open")): 1,
+        (("from", "open"), ("origin", origin_name), ("to", "half_open")): 1,
+        (("from", "half_open"), ("origin", origin_name), ("to", "closed")): 1,
+    }
