@@ -146,12 +146,15 @@ class TrustedProxies:
         trusted: None (trust nobody: the peer is the client), a sequence of CIDRs or addresses
             (``["10.0.0.0/8", "::1"]``), or a hop count (the number of proxies in front of the app,
             the peer included; every peer is then trusted to forward).
-        header: which forwarding header to read: ``"auto"`` (``Forwarded`` when present, else
-            ``X-Forwarded-For``), ``"forwarded"`` or ``"x-forwarded-for"``. Pin the one your proxy
-            writes: in ``"auto"`` a client can send the header your proxy does not overwrite.
+        header: which forwarding header to read: ``"auto"`` (``X-Forwarded-For`` when present, else
+            ``Forwarded``), ``"forwarded"`` or ``"x-forwarded-for"``. Pin the one your proxy
+            writes: a client can send the header your proxy leaves alone. ``"auto"`` prefers
+            ``X-Forwarded-For`` because nearly every proxy appends to it (so a ``Forwarded`` header
+            a client sends through such a proxy is ignored), and logs one warning when a request
+            carries both.
     """
 
-    __slots__ = ("_cache", "_header", "_hops", "_networks", "_warned")
+    __slots__ = ("_cache", "_header", "_hops", "_networks", "_warned", "_warned_both")
 
     def __init__(self, trusted: Sequence[str] | int | None = None, *, header: HeaderChoice = "auto") -> None:
         if header not in ("auto", "forwarded", "x-forwarded-for"):
@@ -161,6 +164,7 @@ class TrustedProxies:
         self._networks: tuple[IPNetwork, ...] = ()
         self._cache: dict[str, bool] = {}
         self._warned = False
+        self._warned_both = False
         if trusted is None:
             return
         if isinstance(trusted, bool) or (isinstance(trusted, int) and trusted < 0):
@@ -274,6 +278,13 @@ class TrustedProxies:
             return "forwarded", forwarded
         if self._header == "x-forwarded-for":
             return "x-forwarded-for", xff
-        if forwarded:
-            return "forwarded", forwarded
-        return "x-forwarded-for", xff
+        if xff:
+            if forwarded and not self._warned_both:
+                self._warned_both = True
+                logger.warning(
+                    "a request carries both X-Forwarded-For and Forwarded; X-Forwarded-For is used. If your "
+                    "proxy writes Forwarded, pin it with TrustedProxies(..., header='forwarded'), otherwise "
+                    "with header='x-forwarded-for'"
+                )
+            return "x-forwarded-for", xff
+        return "forwarded", forwarded

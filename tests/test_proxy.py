@@ -80,11 +80,18 @@ def test_forwarded_rfc7239_forms() -> None:
     assert parse_forwarded(["for=[::1"]) == [None]
 
 
-def test_forwarded_preferred_in_auto_and_pinned_header() -> None:
+def test_auto_prefers_xff_and_warns_once_when_both_arrive(caplog: pytest.LogCaptureFixture) -> None:
+    # a client behind an X-Forwarded-For proxy cannot pick its address with a Forwarded header
     s = scope("10.0.0.1", forwarded="for=1.1.1.1", x_forwarded_for="2.2.2.2")
-    assert TrustedProxies(["10.0.0.0/8"]).client_ip(s) == "1.1.1.1"
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    with caplog.at_level(logging.WARNING, logger="asgi_resilience.proxy"):
+        assert proxies.client_ip(s) == "2.2.2.2"
+        assert proxies.client_ip(s) == "2.2.2.2"
+    assert len([r for r in caplog.records if "header='forwarded'" in r.getMessage()]) == 1
     assert TrustedProxies(["10.0.0.0/8"], header="x-forwarded-for").client_ip(s) == "2.2.2.2"
     assert TrustedProxies(["10.0.0.0/8"], header="forwarded").client_ip(s) == "1.1.1.1"
+    only_forwarded = scope("10.0.0.1", forwarded="for=1.1.1.1")
+    assert TrustedProxies(["10.0.0.0/8"]).client_ip(only_forwarded) == "1.1.1.1"
     only_xff = scope("10.0.0.1", x_forwarded_for="2.2.2.2")
     assert TrustedProxies(["10.0.0.0/8"], header="forwarded").client_ip(only_xff) == "10.0.0.1"
 
