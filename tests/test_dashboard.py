@@ -15,8 +15,15 @@ from starlette.routing import Mount, Route
 
 from asgi_resilience import ConfigurationError, ResilienceStack, Telemetry, dashboard_app, resilient
 from asgi_resilience.observability import default_telemetry
-from asgi_resilience.testing import ASGIHarness, http_scope
+from asgi_resilience.testing import ASGIHarness
+from asgi_resilience.testing import http_scope as base_scope
 from asgi_resilience.types import Receive, Scope, Send
+
+
+def http_scope(method: str = "GET", path: str = "/", **options: Any) -> Any:
+    """Like the harness default, but addressed to localhost (the unauthenticated dashboard checks Host)."""
+    options.setdefault("server", ("localhost", 8000))
+    return base_scope(method, path, **options)
 
 
 def open_dashboard(telemetry: Telemetry | None = None, **options: Any) -> Any:
@@ -54,6 +61,15 @@ def test_mounting_needs_auth_or_an_explicit_unauthenticated_opt_in() -> None:
         (("127.0.0.1", 5000), [("X-Forwarded-For", "203.0.113.9")], 403),
         (("127.0.0.1", 5000), [("Forwarded", "for=203.0.113.9")], 403),
         (("127.0.0.1", 5000), [("X-Real-IP", "203.0.113.9")], 403),
+        # DNS rebinding: a foreign name that resolves to 127.0.0.1 is refused, local names are fine
+        (("127.0.0.1", 5000), [("Host", "evil.example:8000")], 403),
+        (("127.0.0.1", 5000), [("Host", "testserver")], 403),
+        (("127.0.0.1", 5000), [("Host", "localhost:8000")], 200),
+        (("127.0.0.1", 5000), [("Host", "app.localhost")], 200),
+        (("127.0.0.1", 5000), [("Host", "127.0.0.1:8000")], 200),
+        (("::1", 5000), [("Host", "[::1]:8000")], 200),
+        (("::1", 5000), [("Host", "[::1")], 403),
+        (("127.0.0.1", 5000), [("Host", "::1")], 200),
     ],
 )
 async def test_unauthenticated_mode_serves_loopback_clients_only(
@@ -249,14 +265,14 @@ async def test_mounted_in_starlette_next_to_a_resilient_app() -> None:
     app = Starlette(routes=[Route("/", home), Mount("/_resilience", dashboard_app(stack, allow_unauthenticated=True))])
     wrapped = stack.wrap(app)
     transport = httpx.ASGITransport(app=wrapped, client=("127.0.0.1", 1234))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         assert (await client.get("/")).text == "hi"
         page = await client.get("/_resilience/")
         assert page.status_code == 200 and "EventSource" in page.text
         snap = await client.get("/_resilience/snapshot.json")
         assert snap.json()["layers"] == ["problems"]
     remote = httpx.ASGITransport(app=wrapped, client=("198.51.100.7", 1234))
-    async with httpx.AsyncClient(transport=remote, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=remote, base_url="http://localhost") as client:
         assert (await client.get("/_resilience/snapshot.json")).status_code == 403
 
 

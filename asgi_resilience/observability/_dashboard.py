@@ -11,7 +11,7 @@ follow the Hystrix dashboard (green healthy, amber degraded, red open or sheddin
 
 Access needs an ``auth`` callable, or ``allow_unauthenticated=True``, which serves loopback clients
 only (and refuses requests that came through a proxy, since a proxy on the same host makes every
-client look local).
+client look local, and requests for a ``Host`` that is not local, which is what DNS rebinding sends).
 """
 
 from __future__ import annotations
@@ -68,6 +68,21 @@ def _is_loopback(scope: Scope) -> bool:
         return False
     try:
         return ipaddress.ip_address(str(client[0])).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_loopback_host(host: bytes) -> bool:
+    """Whether a Host header names this machine: localhost or a loopback address, any port."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):  # [::1]:8000
+        name = text[1 : text.find("]")] if "]" in text else ""
+    else:
+        name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
 
@@ -156,7 +171,11 @@ class DashboardApp:
             await send({"type": "http.response.body", "body": b"" if head else _PAGE_BYTES})
         elif route in ("/snapshot.json", "/snapshot"):
             body = _json_bytes(self.data())
-            headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+            ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b"" if head else body})
         elif route == "/stream":
@@ -168,8 +187,13 @@ class DashboardApp:
         if self._auth is None:
             if not self._allow_unauthenticated or not _is_loopback(scope):
                 return False
+            headers = scope.get("headers", ())
             # A reverse proxy on this host makes every client look like loopback.
-            return not any(name in _FORWARDING_HEADERS for name, _ in scope.get("headers", ()))
+            if any(name in _FORWARDING_HEADERS for name, _ in headers):
+                return False
+            # DNS rebinding: a web page whose name resolves to 127.0.0.1 would be same-origin with us.
+            host = next((value for name, value in headers if name == b"host"), None)
+            return host is None or _is_loopback_host(host)
         from starlette.requests import Request
 
         try:
@@ -185,6 +209,7 @@ class DashboardApp:
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
             (b"x-accel-buffering", b"no"),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -232,7 +257,8 @@ def dashboard_app(
         auth: called with the ``starlette.requests.Request`` (sync or async); only ``True`` lets the
             request in, anything else (or an exception) answers 403.
         allow_unauthenticated: serve without ``auth``, to loopback clients only; requests carrying
-            ``Forwarded``/``X-Forwarded-For``/``X-Real-IP`` are refused.
+            ``Forwarded``/``X-Forwarded-For``/``X-Real-IP`` are refused, and so is a ``Host`` other than
+            ``localhost`` or a loopback address (DNS rebinding).
         interval: seconds between two stream events.
         stream_seconds: how long one stream connection lives before the browser reconnects.
 
