@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-__all__ = ["METRICS", "MetricSpec", "metric_table_markdown"]
+__all__ = ["METRICS", "MetricSpec", "metric_table_markdown", "prometheus_name"]
 
 Kind = Literal["counter", "up_down_counter", "histogram", "gauge"]
 
@@ -143,12 +143,26 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}
 _KIND_NAMES = {"counter": "Counter", "up_down_counter": "UpDownCounter", "histogram": "Histogram", "gauge": "Gauge"}
 
 
+def prometheus_name(spec: MetricSpec) -> str:
+    """The name a Prometheus exporter gives the metric (dots to underscores, unit and ``_total`` suffixes)."""
+    name = spec.name.replace(".", "_")
+    if spec.unit == "s":
+        name += "_seconds"
+    if spec.kind == "counter":
+        name += "_total"
+    return name
+
+
 def metric_table_markdown() -> str:
     """The README's metric table, generated from :data:`METRICS` (a test keeps the README in sync)."""
-    lines = ["| Metric | Instrument | Unit | Attributes | Description |", "|---|---|---|---|---|"]
+    lines = [
+        "| Metric | Instrument | Unit | Attributes | Prometheus name | Description |",
+        "|---|---|---|---|---|---|",
+    ]
     for spec in METRICS.values():
         attributes = ", ".join(f"`{a}`" for a in spec.attributes) or "-"
         lines.append(
-            f"| `{spec.name}` | {_KIND_NAMES[spec.kind]} | `{spec.unit}` | {attributes} | {spec.description} |"
+            f"| `{spec.name}` | {_KIND_NAMES[spec.kind]} | `{spec.unit}` | {attributes} | "
+            f"`{prometheus_name(spec)}` | {spec.description} |"
         )
     return "\n".join(lines) + "\n"

@@ -21,3 +21,15 @@ def test_readme_first_command_runs_the_demo() -> None:
     setup = README[README.index("## Set up") :]
     first_block = setup[setup.index("```bash") : setup.index("```", setup.index("```bash") + 3)]
     assert first_block.strip().endswith("python -m asgi_resilience.demo")
+
+
+def test_prometheus_names_follow_the_exporter_rules() -> None:
+    from asgi_resilience.observability._names import prometheus_name
+
+    names = {name: prometheus_name(spec) for name, spec in METRICS.items()}
+    assert names["asgi_resilience.rate_limit.requests"] == "asgi_resilience_rate_limit_requests_total"
+    assert names["asgi_resilience.rate_limit.duration"] == "asgi_resilience_rate_limit_duration_seconds"
+    assert names["asgi_resilience.concurrency.active"] == "asgi_resilience_concurrency_active"
+    assert names["asgi_resilience.concurrency.limit"] == "asgi_resilience_concurrency_limit"
+    for name in names.values():
+        assert "." not in name and f"`{name}`" in README
