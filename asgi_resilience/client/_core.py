@@ -329,9 +329,20 @@ BodyError = Optional[BaseException]  # noqa: UP045 - a runtime alias must work o
 
 
 class SyncBody(httpx.SyncByteStream):
-    """Wraps a response body: enforces the call's deadline between chunks and reports at close."""
+    """Wraps a response body: enforces the call's deadline between chunks and reports at close.
 
-    def __init__(self, stream: Any, *, deadline: float = math.inf, on_close: Callable[[BodyError], None] | None = None):
+    ``read_timeout`` is accepted for symmetry with :class:`AsyncBody`: without cancellation a
+    blocked read is bounded by httpx's own read timeout (already capped by the deadline).
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        deadline: float = math.inf,
+        read_timeout: float | None = None,
+        on_close: Callable[[BodyError], None] | None = None,
+    ):
         self._stream = stream
         self._deadline = deadline
         self._on_close = on_close

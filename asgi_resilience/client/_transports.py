@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import httpx
 
-from asgi_resilience.client._breaker import Admission, BreakerPolicy, BreakerTransition, CircuitBreaker
+from asgi_resilience.client._breaker import BreakerPolicy, BreakerTransition, CircuitBreaker
 from asgi_resilience.client._core import (
     AsyncBody,
     BodyError,
@@ -102,16 +102,8 @@ class AsyncRetryTransport(httpx.AsyncBaseTransport):
         call = self._core.start(request)
         while True:
             attempt = call.next_request()
-            limit = call.hard_limit()
             try:
-                if limit is None:
-                    response = await self._transport.handle_async_request(attempt)
-                else:
-                    # the httpx timeouts bound each phase; this bounds the sum by the deadline
-                    with anyio.fail_after(limit):
-                        response = await self._transport.handle_async_request(attempt)
-            except TimeoutError:
-                step = call.after(None, httpx.ReadTimeout("the call's total deadline passed", request=request))
+                response = await self._send(attempt, call.hard_limit())
             except Exception as exc:
                 step = call.after(None, exc)
             else:
@@ -138,6 +130,16 @@ class AsyncRetryTransport(httpx.AsyncBaseTransport):
             if call.deadline != math.inf and not response.is_closed:
                 response.stream = AsyncBody(response.stream, deadline=call.deadline, read_timeout=call.read_timeout)
             return response
+
+    async def _send(self, request: httpx.Request, limit: float | None) -> httpx.Response:
+        if limit is None:
+            return await self._transport.handle_async_request(request)
+        try:
+            # the httpx timeouts bound each phase; this bounds their sum by the deadline
+            with anyio.fail_after(limit):
+                return await self._transport.handle_async_request(request)
+        except TimeoutError:
+            raise httpx.ReadTimeout("the call's total deadline passed", request=request) from None
 
     @staticmethod
     async def _hook(hook: Hook, event: Any) -> None:
@@ -191,7 +193,7 @@ class RetryTransport(httpx.BaseTransport):
         while True:
             attempt = call.next_request()
             try:
-                response = self._transport.handle_request(attempt)
+                response = self._send(attempt, call.hard_limit())
             except Exception as exc:
                 step = call.after(None, exc)
             else:
@@ -199,12 +201,12 @@ class RetryTransport(httpx.BaseTransport):
             if step.kind == "retry":
                 if step.response is not None:
                     step.response.close()
-                call_hook(self._core.on_retry, step.event)
+                self._hook(self._core.on_retry, step.event)
                 if step.delay > 0:
                     time.sleep(step.delay)
                 continue
             if step.event is not None:
-                call_hook(self._core.on_give_up, step.event)
+                self._hook(self._core.on_give_up, step.event)
             if step.kind == "exhausted":
                 if step.response is not None:
                     try:
@@ -216,8 +218,15 @@ class RetryTransport(httpx.BaseTransport):
                 raise step.error  # type: ignore[misc]
             response = call.finish(step.response)  # type: ignore[arg-type]
             if call.deadline != math.inf and not response.is_closed:
-                response.stream = SyncBody(response.stream, deadline=call.deadline)
+                response.stream = SyncBody(response.stream, deadline=call.deadline, read_timeout=call.read_timeout)
             return response
+
+    def _send(self, request: httpx.Request, limit: float | None) -> httpx.Response:
+        return self._transport.handle_request(request)  # no cancellation in threads: httpx timeouts only
+
+    @staticmethod
+    def _hook(hook: Hook, event: Any) -> None:
+        call_hook(hook, event)
 
     def close(self) -> None:
         self._transport.close()
@@ -318,9 +327,7 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
             else:
                 await core.shared_state.aclosed(breaker.origin, value)  # type: ignore[union-attr]
         for transition in transitions:
-            pending = call_hook(core.on_transition, transition)
-            if pending is not None:
-                await await_hook(pending)
+            await AsyncRetryTransport._hook(core.on_transition, transition)
 
     async def aclose(self) -> None:
         try:
@@ -374,7 +381,7 @@ class CircuitBreakerTransport(httpx.BaseTransport):
                 forced = breaker.force_open(time.monotonic(), seconds, "shared")
                 if forced is not None:
                     self._emit(breaker, (forced,), 0.0)
-        admission: Admission = breaker.admit(time.monotonic())
+        admission = breaker.admit(time.monotonic())
         if admission.transitions:
             self._emit(breaker, admission.transitions, 0.0)
         if not admission.allowed:
@@ -412,7 +419,7 @@ class CircuitBreakerTransport(httpx.BaseTransport):
             else:
                 core.shared_state.closed(breaker.origin, value)  # type: ignore[union-attr]
         for transition in transitions:
-            call_hook(core.on_transition, transition)
+            RetryTransport._hook(core.on_transition, transition)
 
     def close(self) -> None:
         try:
@@ -510,15 +517,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.max_concurrent is None:
             return await self._transport.handle_async_request(request)
-        if self._semaphore is None:
-            self._semaphore = anyio.Semaphore(self.max_concurrent)
-        semaphore = self._semaphore
+        semaphore = self._slots()
         started = time.monotonic()
-        acquired = False
-        with anyio.move_on_after(_limit_wait(request, self.total_timeout)):
-            await semaphore.acquire()
-            acquired = True
-        if not acquired:
+        if not await self._acquire(semaphore, _limit_wait(request, self.total_timeout)):
             raise httpx.PoolTimeout(
                 f"no free slot among max_concurrent={self.max_concurrent} before the call's deadline", request=request
             )
@@ -537,6 +538,18 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         else:
             response.stream = AsyncBody(response.stream, on_close=release)
         return response
+
+    def _slots(self) -> anyio.Semaphore:
+        if self._semaphore is None:  # created on first use, inside the event loop
+            self._semaphore = anyio.Semaphore(self.max_concurrent or 1)
+        return self._semaphore
+
+    @staticmethod
+    async def _acquire(semaphore: anyio.Semaphore, wait: float) -> bool:
+        with anyio.move_on_after(wait):
+            await semaphore.acquire()
+            return True
+        return False
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -586,12 +599,11 @@ class ResilientTransport(httpx.BaseTransport):
         self._semaphore = threading.BoundedSemaphore(max_concurrent) if max_concurrent is not None else None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        semaphore = self._semaphore
-        if semaphore is None:
+        if self.max_concurrent is None:
             return self._transport.handle_request(request)
+        semaphore = self._slots()
         started = time.monotonic()
-        wait = _limit_wait(request, self.total_timeout)
-        if not semaphore.acquire(timeout=None if wait == math.inf else wait):
+        if not self._acquire(semaphore, _limit_wait(request, self.total_timeout)):
             raise httpx.PoolTimeout(
                 f"no free slot among max_concurrent={self.max_concurrent} before the call's deadline", request=request
             )
@@ -610,6 +622,13 @@ class ResilientTransport(httpx.BaseTransport):
         else:
             response.stream = SyncBody(response.stream, on_close=release)
         return response
+
+    def _slots(self) -> threading.BoundedSemaphore:
+        return self._semaphore  # type: ignore[return-value]
+
+    @staticmethod
+    def _acquire(semaphore: threading.BoundedSemaphore, wait: float) -> bool:
+        return semaphore.acquire(timeout=None if wait == math.inf else wait)
 
     def close(self) -> None:
         self._transport.close()
