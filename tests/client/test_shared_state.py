@@ -19,6 +19,8 @@ from asgi_resilience import (
 from asgi_resilience.client import _shared
 from asgi_resilience.testing import RedisServer
 
+from .conftest import RawServer
+
 URL = "http://shared.test/x"
 POLICY = BreakerPolicy(minimum_calls=2, break_duration=0.3, max_break_duration=1.0)
 
@@ -99,3 +101,42 @@ def test_sync_redis_down_falls_back(redis_factory: Callable[..., RedisServer]) -
         client.get(URL)
         with pytest.raises(CircuitOpenError):
             client.get(URL)
+
+
+@respx.mock
+async def test_slow_redis_falls_back_quickly(raw_server: RawServer) -> None:
+    """A 'Redis' that accepts and never answers: the socket timeout trips, then Redis is skipped."""
+    respx.get(URL).mock(return_value=httpx.Response(200))
+    transport = AsyncCircuitBreakerTransport(
+        policy=POLICY, state=f"redis://127.0.0.1:{raw_server.port}/0", shared=False
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        started = time.monotonic()
+        assert (await client.get(URL)).status_code == 200
+        first = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(20):
+            assert (await client.get(URL)).status_code == 200
+        rest = time.monotonic() - started
+    assert first < 1.5
+    assert rest < 0.5  # Redis is skipped during the back-off after a failure
+    assert transport._core.shared_state is not None and transport._core.shared_state.errors == 1
+
+
+@respx.mock
+async def test_shared_state_with_a_client_object(redis_url: str) -> None:
+    import redis.asyncio
+
+    respx.get(URL).mock(return_value=httpx.Response(500))
+    redis_client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        first = AsyncCircuitBreakerTransport(policy=POLICY, state=redis_client, shared=False)
+        second = AsyncCircuitBreakerTransport(policy=POLICY, state=redis_client, shared=False)
+        async with httpx.AsyncClient(transport=first) as a, httpx.AsyncClient(transport=second) as b:
+            await a.get(URL)
+            await a.get(URL)
+            with pytest.raises(CircuitOpenError):
+                await b.get(URL)
+        assert await redis_client.ping()  # a client we were given stays open
+    finally:
+        await redis_client.aclose()
