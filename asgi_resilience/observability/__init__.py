@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from asgi_resilience.observability._dashboard import DashboardApp, DashboardAuth, dashboard_app
-from asgi_resilience.observability._names import METRICS, MetricSpec, metric_table_markdown
+from asgi_resilience.observability._grafana import grafana_dashboard
+from asgi_resilience.observability._names import METRICS, MetricSpec, metric_table_markdown, prometheus_name
 from asgi_resilience.observability._telemetry import NOOP, Instrument, Telemetry, default_telemetry, resolve_telemetry
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "Telemetry",
     "dashboard_app",
     "default_telemetry",
+    "grafana_dashboard",
     "metric_table_markdown",
+    "prometheus_name",
     "resolve_telemetry",
 ]
