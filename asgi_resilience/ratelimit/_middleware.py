@@ -195,6 +195,7 @@ class RateLimitMiddleware:
         self._all_static = all(rule.static for rule in self.rules)
         self._direct = not self.proxies.enabled
         self._ip_cache: dict[str | None, str] = {}
+        self._checks_cache: dict[Any, list[Check]] = {}
         self._attributes: dict[tuple[str, str], dict[str, str]] = {}
         self._policy_headers: dict[str, tuple[bytes, bytes]] = {}
         # breaker around the storage (shared by all requests; per-request state stays in locals)
@@ -312,10 +313,28 @@ class RateLimitMiddleware:
         await self.app(scope, receive, SendTracker(send, on_start))
 
     def _static_checks(self, scope: Scope, rules: Sequence[Rule]) -> list[Check]:
-        """Checks for rules with a fixed limit, a shorthand key and an int cost: no awaiting."""
+        """Checks for rules with a fixed limit, a shorthand key and an int cost: no awaiting.
+
+        For the middleware's own rules the (immutable) check list of each client is cached.
+        """
+        if rules is not self.rules:
+            return self._build_checks(rules, [self._partition(rule.key, scope) for rule in rules])
+        if len(rules) == 1:
+            cache_key: Any = self._partition(rules[0].key, scope)
+        else:
+            cache_key = tuple([self._partition(rule.key, scope) for rule in rules])
+        found = self._checks_cache.get(cache_key)
+        if found is None:
+            partitions = [cache_key] if len(rules) == 1 else list(cache_key)
+            found = self._build_checks(rules, partitions)
+            if len(self._checks_cache) >= 8192:
+                self._checks_cache.clear()
+            self._checks_cache[cache_key] = found
+        return found
+
+    def _build_checks(self, rules: Sequence[Rule], partitions: Sequence[Any]) -> list[Check]:
         checks: list[Check] = []
-        for rule in rules:
-            partition: Any = self._partition(rule.key, scope)
+        for rule, partition in zip(rules, partitions, strict=True):
             cost: Any = rule.cost
             limits: Any = rule.limits
             enforce = not (self.shadow or rule.shadow)
@@ -460,6 +479,8 @@ class RateLimitMiddleware:
         self, checks: list[Check], decisions: list[Decision]
     ) -> tuple[list[tuple[bytes, bytes]], list[str], float]:
         """Count the decisions, collect violated policies and build the headers, in one pass."""
+        if len(checks) == 1 and not self._legacy_headers:
+            return self._outcome_one(checks[0], decisions[0])
         violated: list[str] = []
         wait = 0.0
         draft = self._draft_headers
@@ -514,6 +535,33 @@ class RateLimitMiddleware:
             headers.append((b"x-ratelimit-remaining", str(tight.remaining).encode()))
             headers.append((b"x-ratelimit-reset", str(_reset_seconds(tight)).encode()))
         return headers, violated, wait
+
+    def _outcome_one(self, check: Check, decision: Decision) -> tuple[list[tuple[bytes, bytes]], list[str], float]:
+        """:meth:`_outcome` for the common single-check request."""
+        allowed, _, remaining, reset_after, retry = decision
+        violated: list[str] = []
+        wait = 0.0
+        if allowed:
+            self._record(check.rule, "allowed")
+        elif check.enforce:
+            self._record(check.rule, "limited")
+            violated.append(check.rule)
+            wait = retry or 0.0
+        else:
+            self._record(check.rule, "shadow_limited")
+        if not self._draft_headers:
+            return [], violated, wait
+        found = self._policy_cache.get((check.rule, check.nth, check.limit, check.period_ms))
+        if found is None:
+            found = self._policy_item(check)
+        reset = max(1, math.ceil(retry)) if retry is not None else max(0, math.ceil(reset_after))
+        policy_header = self._policy_headers.get(found[1])
+        if policy_header is None:
+            if len(self._policy_headers) > 1024:
+                self._policy_headers.clear()
+            policy_header = self._policy_headers[found[1]] = (b"ratelimit-policy", found[1].encode("latin-1"))
+        state = f"{found[0]};r={remaining};t={reset}".encode("latin-1")
+        return [policy_header, (b"ratelimit", state)], violated, wait
 
     def _record(self, rule: str, result: str) -> None:
         attributes = self._attributes.get((rule, result))

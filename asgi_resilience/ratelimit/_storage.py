@@ -93,13 +93,13 @@ class MemoryStorage(RateLimitStorage):
             self._ops = 0
             self.sweep(now_ms)
         if len(checks) == 1:  # the common case, without the two-phase bookkeeping
-            check = checks[0]
-            key = (check.counter or check.rule, check.nth, check.partition)
+            rule, nth, partition, limit, period_ms, cost, _, counter, _ = checks[0]
+            key = (counter or rule, nth, partition)
             entry = data.get(key)
             state = entry[0] if entry is not None and entry[1] > now_ms else None
-            decision, new_state, ttl = decide(state, now_ms, now_us, check.limit, check.period_ms, check.cost)
-            if decision.allowed:
-                data[key] = (new_state, now_ms + max(1, ttl))
+            decision, new_state, ttl = decide(state, now_ms, now_us, limit, period_ms, cost)
+            if decision[0]:
+                data[key] = (new_state, now_ms + (ttl if ttl > 1 else 1))
             return [decision]
         outcomes = []
         admitted = True
