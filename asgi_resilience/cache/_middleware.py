@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -84,12 +85,23 @@ def cache(
     return decorate
 
 
+_PASS_SECONDS = 10.0  # how long a key whose response was not storable skips request collapsing
+_PASS_ENTRIES = 10_000
+
+
 @dataclass
 class _Flight:
-    """One in-process computation of a key that concurrent misses wait for."""
+    """One in-process computation of a key that concurrent misses wait for.
 
+    When the response turns out not storable, the waiters are released as soon as its start arrives
+    (they call the app themselves: a response that cannot be stored cannot be shared either), and
+    the cross-process lease ``token`` is given back at the same moment.
+    """
+
+    key: str = ""
     done: anyio.Event = field(default_factory=anyio.Event)
     entry: Entry | None = None
+    token: str | None = None
 
 
 @dataclass
@@ -188,6 +200,9 @@ class CacheMiddleware:
         self._router = app if hasattr(app, "routes") else None
         self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
+        # "hit-for-miss" (as Varnish calls it): keys whose last response could not be stored are not
+        # collapsed for a while, so that an uncacheable URL is never serialised behind one request
+        self._passing: dict[str, float] = {}
         tel = resolve_telemetry(telemetry)
         self._requests = tel.instrument("asgi_resilience.cache.requests")
         tel.register_snapshot("cache", self._snapshot)
@@ -390,6 +405,9 @@ class CacheMiddleware:
     async def _collapse(self, req: _Request, receive: Receive, send: Send, stale: Entry | None) -> None:
         """Single flight: the first miss of a key calls the app, concurrent ones wait for its result."""
         flight_key = req.entry_key or req.key
+        if self._is_passing(flight_key):
+            await self._forward(req, receive, send, stale, None)
+            return
         flight = self._flights.get(flight_key)
         if flight is not None:
             timed_out = True
@@ -407,28 +425,57 @@ class CacheMiddleware:
                 return
             await self._forward(req, receive, send, stale, None)
             return
-        flight = _Flight()
+        flight = _Flight(key=flight_key)
         self._flights[flight_key] = flight
         try:
-            token: str | None = "local"
             if self.cache.store.shared and req.method == "GET":
-                token = await self.cache.call(
+                flight.token = await self.cache.call(
                     "lease", lambda: self.cache.store.acquire_lease(flight_key, self.lock_timeout), "local"
                 )
-                if token is None and await self._await_other_process(req, send, flight_key, flight):
-                    return
-            try:
-                await self._forward(req, receive, send, stale, flight)
-            finally:
-                if token is not None and token != "local":
-                    await self.cache.call("lease", lambda: self.cache.store.release_lease(flight_key, token), None)
+                if flight.token is None:
+                    outcome = await self._await_other_process(req, send, flight_key, flight)
+                    if outcome == "served":
+                        return
+                    if outcome == "pass":
+                        self._end_flight(flight)  # the other process's response was not storable
+                        await self._forward(req, receive, send, stale, None)
+                        return
+            await self._forward(req, receive, send, stale, flight)
         finally:
-            flight.done.set()
-            if self._flights.get(flight_key) is flight:
-                del self._flights[flight_key]
+            await self._release_lease(flight)
+            self._end_flight(flight)
 
-    async def _await_other_process(self, req: _Request, send: Send, key: str, flight: _Flight) -> bool:
-        """Another process holds the lease: poll the backend for its result within ``lock_timeout``."""
+    def _end_flight(self, flight: _Flight) -> None:
+        flight.done.set()
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+
+    async def _release_lease(self, flight: _Flight) -> None:
+        token, flight.token = flight.token, None
+        if token is not None and token != "local":
+            await self.cache.call("lease", lambda: self.cache.store.release_lease(flight.key, token), None)
+
+    def _is_passing(self, key: str) -> bool:
+        until = self._passing.get(key)
+        if until is None:
+            return False
+        if until > self._clock():
+            return True
+        del self._passing[key]
+        return False
+
+    def _mark_passing(self, key: str) -> None:
+        if len(self._passing) >= _PASS_ENTRIES:
+            self._passing.clear()
+        self._passing[key] = self._clock() + _PASS_SECONDS
+
+    async def _await_other_process(self, req: _Request, send: Send, key: str, flight: _Flight) -> str:
+        """Another process holds the lease: poll the backend for its result within ``lock_timeout``.
+
+        ``"served"``: its stored result was served. ``"pass"``: the lease was given back without a stored
+        result (the response was not storable, or its holder failed): call the app without collapsing.
+        ``"timeout"``: still nothing after ``lock_timeout``.
+        """
         delay = 0.01
         with anyio.move_on_after(self.lock_timeout):
             while True:
@@ -444,8 +491,15 @@ class CacheMiddleware:
                         flight.entry = value
                         self._count("hit")
                         await self._serve(req, send, value, fwd="miss", collapsed=True)
-                        return True
-        return False
+                        return "served"
+                token = await self.cache.call(
+                    "lease", lambda: self.cache.store.acquire_lease(key, self.lock_timeout), None
+                )
+                if token is not None:
+                    await self.cache.call("lease", functools.partial(self.cache.store.release_lease, key, token), None)
+                    self._mark_passing(key)
+                    return "pass"
+        return "timeout"
 
     def _shareable(self, entry: Entry, req: _Request) -> bool:
         if req.has_auth and not entry.shared_auth:
@@ -482,30 +536,26 @@ class CacheMiddleware:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 done.set()
 
-        flight = _Flight()
+        flight = _Flight(key=key)
         self._flights[key] = flight
         # the client's own conditionals must not turn the refresh into a 304 we cannot store
         headers, _ = revalidation_headers(req.headers, stale)
         scope = {**req.scope, "headers": headers, "method": "GET"}  # a HEAD's refresh fetches the storable GET
         refresh = _Request(**{**req.__dict__, "scope": scope, "headers": headers, "method": "GET"})
-        token: str | None = "local"
         try:
             if self.cache.store.shared:  # one refresh across workers too: the same lease as a miss
-                token = await self.cache.call(
+                flight.token = await self.cache.call(
                     "lease", lambda: self.cache.store.acquire_lease(key, self.lock_timeout), "local"
                 )
-                if token is None:
+                if flight.token is None:
                     return
             await self._forward(refresh, receive, discard, stale, flight, silent=True)
         except Exception as exc:
             logger.warning("background revalidation of a stale cache entry failed: %s", type(exc).__name__)
         finally:
-            if token is not None and token != "local":
-                await self.cache.call("lease", lambda: self.cache.store.release_lease(key, token), None)
+            await self._release_lease(flight)
             self._refreshing.discard(key)
-            flight.done.set()
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            self._end_flight(flight)
 
     async def _forward(
         self,
@@ -584,7 +634,13 @@ class CacheMiddleware:
                     tags = tuple(dict.fromkeys([*rule_tags, *response_tags(upstream_headers)]))
                 out = [(k, v) for k, v in upstream_headers if k not in _STRIPPED_FROM_CLIENT]
                 out.append((b"cache-status", cache_status(fwd=fwd, fwd_status=None, stored=will_store)))
+                if not will_store and req.method == "GET":
+                    self._mark_passing(req.entry_key or req.key)
+                    if flight is not None:
+                        self._end_flight(flight)  # waiters call the app themselves, now, not after our body
                 await send({**message, "headers": out})
+                if not will_store and flight is not None:
+                    await self._release_lease(flight)
                 return
             if kind == "http.response.body":
                 more = bool(message.get("more_body", False))
@@ -637,6 +693,7 @@ class CacheMiddleware:
             return
         count("miss")
         if entry is not None and finished:
+            self._passing.pop(req.entry_key or req.key, None)
             count("stored")
             await self._store(req, entry)
 
