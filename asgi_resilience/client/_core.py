@@ -17,7 +17,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Optional
 
 import anyio
@@ -529,7 +529,7 @@ class Call:
             elif isinstance(override, RetryPolicy):
                 policy = override
             elif isinstance(override, int) and not isinstance(override, bool) and override >= 1:
-                max_attempts = override if max_attempts is None else min(max_attempts, override)
+                policy = replace(policy, attempts=override)
             else:
                 raise ConfigurationError(
                     f'request.extensions["retry"] must be a RetryPolicy, a number of attempts >= 1, or False; '

@@ -75,8 +75,11 @@ async def test_per_request_overrides() -> None:
         assert route.call_count == 1
         await client.get(URL, extensions={"retry": 2})
         assert route.call_count == 3
+        await client.get(URL, extensions={"retry": 5})  # more than the policy's 3: the request decides
+        assert route.call_count == 8
+        route.reset()
         await client.get(URL, extensions={"retry": RetryPolicy(attempts=4, backoff_initial=0, budget=None)})
-        assert route.call_count == 7
+        assert route.call_count == 4
         with pytest.raises(ConfigurationError, match=r'extensions\["retry"\]'):
             await client.get(URL, extensions={"retry": "yes"})
         with pytest.raises(ConfigurationError, match="total_timeout"):
