@@ -142,7 +142,8 @@ else:
             "store_timeout": 0.5,
             "exempt": EXEMPT,
         },
-        cache={"rules": [CacheRule("/cached", ttl=30)], "lock_timeout": 3.0},
+        # the same reasoning as store_timeout above for the cache's Redis budget (default 250 ms)
+        cache={"rules": [CacheRule("/cached", ttl=30)], "lock_timeout": 3.0, "backend_timeout": 0.5},
         timeout={"timeout": 5.0, "rules": {"/slow": 0.5}},
         concurrency={
             "max_concurrent": WORK_LIMIT,

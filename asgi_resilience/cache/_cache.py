@@ -115,6 +115,11 @@ class Cache:
             logger.warning("cache backend %s failed during %s: %s", self.store.name, operation, type(exc).__name__)
             return default
 
+    @property
+    def available(self) -> bool:
+        """False while the backend is skipped after a failure (reads then say "miss" without asking it)."""
+        return self.clock() >= self._down_until
+
     def peek(self, key: str) -> Entry | VaryMarker | None:
         """A synchronous read from memory (the memory backend or the L1), None if not there."""
         if self.memory is not None:

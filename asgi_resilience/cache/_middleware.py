@@ -481,25 +481,35 @@ class CacheMiddleware:
             while True:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.1)
-                value = await self.cache.get(key)
-                if isinstance(value, VaryMarker):
-                    names = value.names
-                    value = await self.cache.get(variant_key(req.key, value.nonce, vary_values(names, req.headers)))
-                if isinstance(value, Entry) and self._shareable(value, req):
-                    f = freshness(value, self._clock())
-                    if f.fresh:
-                        flight.entry = value
-                        self._count("hit")
-                        await self._serve(req, send, value, fwd="miss", collapsed=True)
-                        return "served"
-                token = await self.cache.call(
-                    "lease", lambda: self.cache.store.acquire_lease(key, self.lock_timeout), None
-                )
-                if token is not None:
+                value = await self._fetch_shared(req, key)
+                if value is None:
+                    token = await self.cache.call(
+                        "lease", lambda: self.cache.store.acquire_lease(key, self.lock_timeout), None
+                    )
+                    if token is None:
+                        continue
+                    # the holder gave the lease back: it stored its result just before, or it had none
+                    value = await self._fetch_shared(req, key)
                     await self.cache.call("lease", functools.partial(self.cache.store.release_lease, key, token), None)
-                    self._mark_passing(key)
-                    return "pass"
+                    if value is None:
+                        if not self.cache.available:
+                            continue  # that "miss" was a backend failure, not an answer: keep waiting
+                        self._mark_passing(key)
+                        return "pass"
+                flight.entry = value
+                self._count("hit")
+                await self._serve(req, send, value, fwd="miss", collapsed=True)
+                return "served"
         return "timeout"
+
+    async def _fetch_shared(self, req: _Request, key: str) -> Entry | None:
+        """A fresh entry for ``key`` this request may be served, read from the backend (not L1)."""
+        value = await self.cache.get(key)
+        if isinstance(value, VaryMarker):
+            value = await self.cache.get(variant_key(req.key, value.nonce, vary_values(value.names, req.headers)))
+        if isinstance(value, Entry) and self._shareable(value, req) and freshness(value, self._clock()).fresh:
+            return value
+        return None
 
     def _shareable(self, entry: Entry, req: _Request) -> bool:
         if req.has_auth and not entry.shared_auth:
