@@ -92,9 +92,13 @@ async def test_every_example_imports_and_serves(path: Path, example_env: Any) ->
     async with client_for(app) as client:
         response = await client.get("/")
     assert response.status_code < 500, response.text
+    # close what the example opened at import time (a shared Cache, the stack's Redis client)
     stack = getattr(app, "stack", None)
     if stack is not None:
         await stack.aclose()
+    for value in list(vars(module).values()):
+        if type(value).__module__.startswith("asgi_resilience.") and callable(getattr(value, "aclose", None)):
+            await value.aclose()
 
 
 @contextmanager
