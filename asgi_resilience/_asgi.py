@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,15 +17,25 @@ from asgi_resilience.errors._problem import ProblemDetails, from_error, render
 from asgi_resilience.types import Message, Scope, Send
 
 __all__ = [
+    "ARRIVAL",
     "RawHeaders",
     "SendTracker",
     "append_headers",
     "get_header",
+    "mark_arrival",
     "send_error",
     "send_problem",
 ]
 
 RawHeaders = list[tuple[bytes, bytes]]
+
+ARRIVAL = "asgi_resilience.arrival"
+"""Scope key: ``time.monotonic()`` when the request entered the first of our layers.
+
+The layers that sit outside TimeoutMiddleware in the stack (problems, rate limit, cache) set it with
+``scope.setdefault``; TimeoutMiddleware counts the deadline from it, so time a request spent in an
+outer layer (a Redis round trip, waiting for a collapsed cache miss) counts against its timeout.
+"""
 
 
 class SendTracker:
@@ -54,6 +65,12 @@ class SendTracker:
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self._send(message)
+
+
+def mark_arrival(scope: Scope) -> None:
+    """Record when the request entered our first layer (see :data:`ARRIVAL`); later layers keep it."""
+    if ARRIVAL not in scope:
+        scope[ARRIVAL] = time.monotonic()
 
 
 def get_header(scope: Scope, name: bytes) -> bytes | None:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from asgi_resilience._asgi import get_header, send_problem
+from asgi_resilience._asgi import get_header, mark_arrival, send_problem
 from asgi_resilience._clock import Clock
 from asgi_resilience._routing import EndpointOptions, mark_endpoint
 from asgi_resilience.cache._cache import Cache
@@ -234,6 +234,7 @@ class CacheMiddleware:
         if kind != "http":
             await self.app(scope, receive, send)
             return
+        mark_arrival(scope)
         method = scope["method"]
         if method in ("GET", "HEAD"):
             await self._cacheable(scope, receive, send, method)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from asgi_resilience._asgi import SendTracker, get_header, send_problem
+from asgi_resilience._asgi import SendTracker, get_header, mark_arrival, send_problem
 from asgi_resilience.errors._exceptions import ConfigurationError, ResilienceError
 from asgi_resilience.errors._problem import (
     ProblemDetails,
@@ -188,6 +188,7 @@ class ProblemDetailsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        mark_arrival(scope)
         if not self._prepared:
             self._prepare(scope)
         tracker = SendTracker(send)

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 from starlette.requests import HTTPConnection
 
-from asgi_resilience._asgi import SendTracker, append_headers, get_header, send_error
+from asgi_resilience._asgi import SendTracker, append_headers, get_header, mark_arrival, send_error
 from asgi_resilience._clock import Clock
 from asgi_resilience._proxy import TrustedProxies, network_key
 from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
@@ -246,6 +246,7 @@ class RateLimitMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
+        mark_arrival(scope)
         path: str = scope.get("path", "")
         if self._exempt_regex is not None and self._exempt_regex.match(path):
             await self.app(scope, receive, send)

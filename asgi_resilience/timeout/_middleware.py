@@ -30,7 +30,7 @@ from typing import Literal
 import anyio
 import anyio.lowlevel
 
-from asgi_resilience._asgi import get_header, send_error
+from asgi_resilience._asgi import ARRIVAL, get_header, send_error
 from asgi_resilience._proxy import TrustedProxies
 from asgi_resilience._routing import EndpointOptions
 from asgi_resilience.errors import ConfigurationError, DeadlineExceeded
@@ -251,9 +251,12 @@ class _TimedRequest:
         except RuntimeError:
             self._loop = None
         now = self._now()
-        self.loop_deadline = now + self.limit
+        # the deadline counts from when the request entered our outermost layer (see _asgi.ARRIVAL)
+        arrived = scope.get(ARRIVAL)
+        spent = max(0.0, time.monotonic() - arrived) if isinstance(arrived, float) else 0.0
+        self.loop_deadline = now + self.limit - spent
         outer = self._outer = _DEADLINE.get()
-        deadline = time.monotonic() + self.limit
+        deadline = time.monotonic() + self.limit - spent
         token = _DEADLINE.set(deadline if outer is None or deadline < outer else outer)
         cancel_scope = self.cancel_scope
         try:
