@@ -323,7 +323,13 @@ class CacheMiddleware:
             directives=directives,
             has_auth=get_header(scope, b"authorization") is not None,
         )
-        entry = await self._lookup(req)
+        if self._is_passing(req.key):
+            # hit-for-pass: this URL's last response could not be stored, so there is nothing to look up
+            # for a few seconds (no backend round trip; a load-shedding layer below rejects cheaply)
+            req.entry_key = req.key
+            entry = None
+        else:
+            entry = await self._lookup(req)
         if entry is not None and req.has_auth and not entry.shared_auth:
             entry = None  # stored for anonymous requests only (RFC 9111 section 3.5)
         now = self._clock()

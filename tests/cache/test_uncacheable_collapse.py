@@ -112,3 +112,24 @@ async def test_other_processes_stop_waiting_when_the_lease_holder_cannot_store(
             assert h.status == 200 and app_b.calls == 1
             app_a.release.set()
     assert done[0].status == 200
+
+
+@pytest.mark.redis
+async def test_hit_for_pass_skips_the_backend_until_it_expires(redis_url: str, caches: list[Cache]) -> None:
+    from .test_redis import commands
+
+    app = GatedApp("no-store")
+    app.release.set()
+    clock = ManualClock(T0)
+    cache = Cache(redis_url, telemetry=OFF, backend_timeout=2.0, clock=clock)
+    caches.append(cache)
+    mw = CacheMiddleware(app, cache=cache, telemetry=OFF)
+    await get(mw)
+    before = commands(redis_url)
+    for _ in range(5):
+        assert (await get(mw)).status == 200
+    assert commands(redis_url) == before  # no lookup, no lease while the URL is known uncacheable
+    assert app.calls == 6
+    clock.advance(11)
+    await get(mw)
+    assert commands(redis_url) > before  # looked up again once the hit-for-pass period ended
