@@ -348,8 +348,14 @@ def _is_starlette_started_error(exc: BaseException) -> bool:
 
 
 def _type_name(exc: BaseException) -> str:
+    """The exception's public dotted name (private module segments dropped: ``asgi_resilience.Problem``)."""
     cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    module = ".".join(part for part in cls.__module__.split(".") if not part.startswith("_"))
+    if module.startswith("asgi_resilience."):
+        module = "asgi_resilience"  # every public class is re-exported at the top level
+    return f"{module}.{cls.__qualname__}"
 
 
 def _where(scope: Scope) -> str:

@@ -121,6 +121,22 @@ async def test_problem_middleware_counts_exceptions_by_result() -> None:
     assert points == [("KeyError", "handled", 1), ("ValueError", "skipped", 1), ("ValueError", "unhandled", 1)]
 
 
+async def test_exception_type_attribute_is_the_public_name() -> None:
+    from asgi_resilience import Overloaded, Problem
+
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+
+    async def fail(scope: Scope, receive: Receive, send: Send) -> None:
+        raise Problem(409) if scope["path"] == "/p" else Overloaded()
+
+    app = ProblemDetailsMiddleware(fail, telemetry=telemetry)
+    await ASGIHarness().run(app, http_scope(path="/p"))
+    await ASGIHarness().run(app, http_scope(path="/o"))
+    names = sorted(p[0]["error.type"] for p in collect(reader)["asgi_resilience.exceptions"])
+    assert names == ["asgi_resilience.Overloaded", "asgi_resilience.Problem"]
+
+
 def test_snapshot_merges_attribute_sets_given_in_different_orders() -> None:
     telemetry = Telemetry(enabled=True)
     counter = telemetry.instrument("asgi_resilience.rate_limit.requests")
