@@ -24,7 +24,18 @@ from asgi_resilience.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["LOAD_TABLE_HEADERS", "ROOT", "LoadResult", "Uvicorn", "load", "print_table", "timed", "wait_http"]
+__all__ = [
+    "RawResult",
+    "raw_pressure",
+    "LOAD_TABLE_HEADERS",
+    "ROOT",
+    "LoadResult",
+    "Uvicorn",
+    "load",
+    "print_table",
+    "timed",
+    "wait_http",
+]
 
 
 def wait_http(url: str, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -187,3 +198,77 @@ def timed(label: str) -> Iterator[None]:
 
 
 LOAD_TABLE_HEADERS = ["run", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "statuses"]
+
+
+@dataclass
+class RawResult:
+    """What :func:`raw_pressure` saw: per status, client latencies and a chosen response header."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: dict[int, list[float]] = field(default_factory=dict)
+    header_values: dict[int, list[str]] = field(default_factory=dict)
+    samples: dict[int, bytes] = field(default_factory=dict)  # one raw response head per status
+
+
+async def raw_pressure(
+    host: str,
+    port: int,
+    path: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    header: bytes = b"x-server-ms",
+) -> RawResult:
+    """Closed-loop HTTP/1.1 keep-alive load over raw sockets: ``concurrency`` connections for ``seconds``.
+
+    A few microseconds of client CPU per request (httpx needs far more), so that on a small machine the
+    load generator does not starve the server it measures. GET only; bodies must carry Content-Length.
+    """
+    result = RawResult()
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: e2e\r\n\r\n".encode()
+    stop_at = time.monotonic() + seconds
+    prefix = header.lower() + b":"
+
+    async def connection() -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        while time.monotonic() < stop_at:
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                assert reader is not None
+                started = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                elapsed = time.perf_counter() - started
+                lines = head.split(b"\r\n")
+                status = int(lines[0].split(b" ", 2)[1])
+                length, close, value = 0, False, ""
+                for line in lines[1:]:
+                    lower = line.lower()
+                    if lower.startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                    elif lower.startswith(b"connection:") and b"close" in lower:
+                        close = True
+                    elif lower.startswith(prefix):
+                        value = line.split(b":", 1)[1].strip().decode("latin-1")
+                if length:
+                    await reader.readexactly(length)
+                result.statuses[status] += 1
+                result.latencies.setdefault(status, []).append(elapsed)
+                result.header_values.setdefault(status, []).append(value)
+                result.samples.setdefault(status, head)
+                if close:
+                    writer.close()
+                    reader = writer = None
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+                result.errors[type(exc).__name__] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return result

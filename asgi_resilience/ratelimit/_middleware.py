@@ -110,8 +110,9 @@ class RateLimitMiddleware:
         on_store_error: when the storage fails or exceeds ``store_timeout``: ``"open"`` (admit),
             ``"closed"`` (503 problem+json) or ``"local"`` (decide with an in-process limiter).
         store_timeout: seconds one storage call may take (default 50 ms).
-        store_cooldown: after a failure, seconds during which the storage is not tried (doubling up
-            to 30 s while it keeps failing); then one request probes it. Recovery is automatic.
+        store_cooldown: after a failure, seconds during which the storage is not tried; then one
+            request probes it (one probe per cooldown while it stays down). Recovery is automatic and
+            takes at most this long once the storage is back.
         shadow: decide, count and log, but never reject (every rule).
         headers: ``"draft-10"`` (``RateLimit-Policy`` and ``RateLimit``), ``"legacy"``
             (``X-RateLimit-Limit/-Remaining/-Reset``), ``"both"``, or None for no headers.
@@ -200,7 +201,6 @@ class RateLimitMiddleware:
         self._policy_headers: dict[str, tuple[bytes, bytes]] = {}
         # breaker around the storage (shared by all requests; per-request state stays in locals)
         self._open_until = 0.0
-        self._cooldown = self.store_cooldown
         self._probing = False
         self._failures = 0
         self._policy_cache: dict[tuple[str, int, int, int], tuple[str, str]] = {}
@@ -447,8 +447,9 @@ class RateLimitMiddleware:
                 decisions = await self.storage.hit(self.strategy, checks)
         except Exception as exc:  # StorageError, TimeoutError, or a custom storage's own error
             self._failures += 1
-            self._open_until = self._clock() + self._cooldown
-            self._cooldown = min(_MAX_COOLDOWN, max(self._cooldown * 2, 0.1))
+            # a fixed cooldown, not a growing one: a probe per cooldown costs one request a fast failure
+            # (or one store_timeout), and the limiter is back within store_cooldown of the store
+            self._open_until = self._clock() + self.store_cooldown
             if self._failures == 1 or probing:
                 logger.warning(
                     "rate-limit storage %s failed (%s); on_store_error=%r for the next %.1f s",
@@ -465,7 +466,6 @@ class RateLimitMiddleware:
         if self._failures:
             logger.warning("rate-limit storage %s recovered", self.storage.name)
             self._failures = 0
-            self._cooldown = self.store_cooldown
             self._open_until = 0.0
         return decisions
 
