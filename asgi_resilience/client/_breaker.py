@@ -59,7 +59,8 @@ class BreakerPolicy:
             a count of the most recent calls.
         minimum_calls: results the window must hold before a rate can open the breaker.
         failure_rate: the failure fraction (0..1] that opens the breaker.
-        slow_call_duration: calls at least this long (seconds) are slow; None disables.
+        slow_call_duration: calls at least this long (seconds) are slow; None disables. A call lasts
+            until its response headers arrive (or its error).
         slow_call_rate: the slow fraction (0..1] that opens the breaker.
         consecutive_failures: open after this many failures in a row whatever the rate (a mode
             for low-traffic origins); None disables.

@@ -328,6 +328,24 @@ class _TeeView(httpx.SyncByteStream, httpx.AsyncByteStream):
 BodyError = Optional[BaseException]  # noqa: UP045 - a runtime alias must work on Python 3.10
 
 
+def body_complete(response: httpx.Response) -> bool:
+    """Whether the whole body is already in memory, so the call is over when the response arrives.
+
+    True for a response read before it was returned (``httpx.Response(503)`` from a
+    ``MockTransport``, a cache) and for an in-memory ``httpx.ByteStream`` body, also behind the
+    default transport's stream adapter (respx's default mocker hands httpcore a ``ByteStream``).
+    Such a body can neither fail nor take time to read, and the caller may never read or close
+    it, so its outcome must be counted at once rather than when the stream is closed.
+    """
+    if response.is_closed:
+        return True
+    stream = response.stream
+    if isinstance(stream, httpx.ByteStream):
+        return True
+    # httpx's Async/SyncResponseStream keep the httpcore stream here; the check fails safe (False)
+    return isinstance(getattr(stream, "_httpcore_stream", None), httpx.ByteStream)
+
+
 class SyncBody(httpx.SyncByteStream):
     """Wraps a response body: enforces the call's deadline between chunks and reports at close.
 

@@ -23,6 +23,7 @@ from asgi_resilience.client._core import (
     RetryCore,
     SyncBody,
     await_hook,
+    body_complete,
     breaker_result,
     call_hook,
     check_timeouts,
@@ -238,7 +239,10 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
     One breaker per origin (``scheme://host:port``) and policy, shared by every transport of the
     process (``shared=False`` keeps them to this transport). Refusals raise
     :class:`CircuitOpenError` (an ``httpx.TransportError``) with ``retry_after`` and ``origin``.
-    A response counts when its body is closed, so a failure while reading it counts too.
+    A response counts exactly once: at once when its body is already in memory (pre-read, as
+    from ``httpx.MockTransport`` or respx, or an ``httpx.ByteStream``), otherwise when its body
+    is closed, so a failure while reading it counts too. Slow calls are measured to the response
+    headers, so a caller that holds a streaming body open does not make the call slow.
     ``extensions={"circuit_breaker": False}`` bypasses the breaker for one request.
 
     Args:
@@ -304,17 +308,18 @@ class AsyncCircuitBreakerTransport(httpx.AsyncBaseTransport):
                 await self._emit(breaker, transitions, time.time() - (now - started))
             raise
         status = response.status_code
+        duration = time.monotonic() - started  # to the headers: a caller holding the body open is not a slow call
 
         async def finish(error: BodyError) -> None:
             now = time.monotonic()
             result = breaker_result(error, status, core.policy)
-            transitions = breaker.record(admission, result, now - started, now)
+            transitions = breaker.record(admission, result, duration, now)
             if transitions:
                 await self._emit(breaker, transitions, time.time() - (now - started))
 
-        if response.is_closed:  # already read (a MockTransport or a cache): it is complete now
+        if body_complete(response):  # in memory (MockTransport, respx, a cache): the call is over, count it now
             await finish(None)
-        else:
+        else:  # streaming: counted once at close, so an error while reading the body counts too
             response.stream = AsyncBody(response.stream, on_close=finish)
         return response
 
@@ -396,17 +401,18 @@ class CircuitBreakerTransport(httpx.BaseTransport):
                 self._emit(breaker, transitions, time.time() - (now - started))
             raise
         status = response.status_code
+        duration = time.monotonic() - started  # to the headers: a caller holding the body open is not a slow call
 
         def finish(error: BodyError) -> None:
             now = time.monotonic()
             result = breaker_result(error, status, core.policy)
-            transitions = breaker.record(admission, result, now - started, now)
+            transitions = breaker.record(admission, result, duration, now)
             if transitions:
                 self._emit(breaker, transitions, time.time() - (now - started))
 
-        if response.is_closed:  # already read (a MockTransport or a cache): it is complete now
+        if body_complete(response):  # in memory (MockTransport, respx, a cache): the call is over, count it now
             finish(None)
-        else:
+        else:  # streaming: counted once at close, so an error while reading the body counts too
             response.stream = SyncBody(response.stream, on_close=finish)
         return response
 
@@ -533,7 +539,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         async def release(error: BodyError) -> None:
             semaphore.release()
 
-        if response.is_closed:
+        if body_complete(response):
             semaphore.release()
         else:
             response.stream = AsyncBody(response.stream, on_close=release)
@@ -617,7 +623,7 @@ class ResilientTransport(httpx.BaseTransport):
         def release(error: BodyError) -> None:
             semaphore.release()
 
-        if response.is_closed:
+        if body_complete(response):
             semaphore.release()
         else:
             response.stream = SyncBody(response.stream, on_close=release)
