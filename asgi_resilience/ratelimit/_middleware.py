@@ -101,7 +101,9 @@ class RateLimitMiddleware:
         rules: :class:`Rule` objects applied to every matching request (``@rate_limit`` adds more per
             endpoint). A request passes only if every matching rule passes.
         storage: ``"memory://"`` (per process), a Redis URL (``redis://``, ``rediss://``,
-            ``redis+cluster://``, ``redis+sentinel://``) or a ``redis.asyncio`` client.
+            ``redis+cluster://``, ``redis+sentinel://``) or a ``redis.asyncio`` client. A client built
+            from a URL is closed on ASGI lifespan shutdown and by :meth:`aclose`; a client or storage
+            passed in is never closed (its owner closes it).
         strategy: ``"sliding-window"`` (default), ``"fixed-window"``, ``"moving-window"`` or ``"gcra"``.
         exempt: glob path patterns (``["/health", "/metrics*"]``) or a sync/async callable of the request
             returning True for requests that skip every rule.
@@ -178,6 +180,7 @@ class RateLimitMiddleware:
         self.storage: RateLimitStorage = storage_from(storage, clock=clock, prefix=key_prefix)
         # the synchronous fast path; a subclass (a custom storage) is awaited like any other
         self._memory = self.storage if type(self.storage) is MemoryStorage else None
+        self._owns_storage = isinstance(storage, str) and self._memory is None  # a client built here from a URL
         self._fallback = MemoryStorage(clock=clock or time.time) if on_store_error == "local" else None
         self._exempt_regex: re.Pattern[str] | None = None
         self._exempt_call: Callable[[Any], bool | Awaitable[bool]] | None = None
@@ -239,11 +242,36 @@ class RateLimitMiddleware:
         if self._fallback is not None:
             await self._fallback.reset()
 
+    async def aclose(self) -> None:
+        """Close the Redis client this middleware built from a URL (idempotent).
+
+        A client or storage object passed in is left open: whoever created it closes it. Called on
+        ASGI lifespan shutdown; call it yourself when the server does not run the lifespan protocol.
+        A later request reconnects (an app may be started again, as ``TestClient`` does).
+        """
+        if self._owns_storage:
+            await self.storage.aclose()
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                try:
+                    await self.aclose()
+                except Exception:  # the app's own shutdown must still run
+                    logger.exception("closing the rate-limit storage %s on shutdown failed", self.storage.name)
+            return message
+
+        return wrapped
+
     # ------------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
+            if kind == "lifespan" and self._owns_storage:
+                await self.app(scope, self._lifespan_receive(receive), send)
+                return
             await self.app(scope, receive, send)
             return
         mark_arrival(scope)
