@@ -219,11 +219,14 @@ async def raw_pressure(
     concurrency: int,
     seconds: float,
     header: bytes = b"x-server-ms",
+    requests_per_connection: int | None = None,
 ) -> RawResult:
     """Closed-loop HTTP/1.1 keep-alive load over raw sockets: ``concurrency`` connections for ``seconds``.
 
     A few microseconds of client CPU per request (httpx needs far more), so that on a small machine the
     load generator does not starve the server it measures. GET only; bodies must carry Content-Length.
+    ``requests_per_connection`` stops each connection after that many requests (a burst: 1), and the
+    latency then includes connecting.
     """
     result = RawResult()
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: e2e\r\n\r\n".encode()
@@ -233,12 +236,16 @@ async def raw_pressure(
     async def connection() -> None:
         reader: asyncio.StreamReader | None = None
         writer: asyncio.StreamWriter | None = None
-        while time.monotonic() < stop_at:
+        sent = 0
+        while time.monotonic() < stop_at and (requests_per_connection is None or sent < requests_per_connection):
+            sent += 1
             try:
+                started = time.perf_counter()
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
                 assert reader is not None
-                started = time.perf_counter()
+                if requests_per_connection is None:
+                    started = time.perf_counter()  # steady state: keep-alive latency only
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
                 elapsed = time.perf_counter() - started

@@ -483,11 +483,13 @@ class CacheMiddleware:
         result (the response was not storable, or its holder failed): call the app without collapsing.
         ``"timeout"``: still nothing after ``lock_timeout``.
         """
-        delay = 0.01
+        delay = 0.005
         with anyio.move_on_after(self.lock_timeout):
             while True:
                 await anyio.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                # at most 50 ms between polls: one GET per poll is cheap, and a waiter that learns late
+                # that it must call the app itself adds the delay to its response time
+                delay = min(delay * 2, 0.05)
                 value = await self._fetch_shared(req, key)
                 if value is None:
                     token = await self.cache.call(
