@@ -294,6 +294,11 @@ def _connections_to(port: int) -> int:
 
 async def slow_origin(env: Env) -> Outcome:
     sizes = env.sizes
+    # The route is in service before the origin slows down (the fault is the slowdown, not a cold
+    # start): a few requests on new connections reach every worker while the origin is healthy.
+    await raw_pressure(
+        "127.0.0.1", env.api.port, "/slow", concurrency=4 * sizes.workers, seconds=5.0, requests_per_connection=2
+    )
     tasks_before = await _debug_state(env)
     conns_before = _connections_to(env.origin.port)
     env.control(fail=False, latency=2.0)
