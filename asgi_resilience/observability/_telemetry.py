@@ -108,22 +108,22 @@ class Telemetry:
         spec = METRICS.get(name)
         if spec is None:
             raise ConfigurationError(f"{name!r} is not in the published metric table (observability/_names.py)")
+        if not self.enabled:
+            # nothing is kept: a disabled Telemetry (NOOP is shared by every component) stays empty
+            return _NoopInstrument(name, spec.kind, None)
         with self._lock:
             found = self._instruments.get(name)
             if found is None:
-                if not self.enabled:
-                    found = _NoopInstrument(name, spec.kind, None)
-                else:
-                    otel = None
-                    if self._meter is not None:
-                        create = {
-                            "counter": self._meter.create_counter,
-                            "up_down_counter": self._meter.create_up_down_counter,
-                            "histogram": self._meter.create_histogram,
-                            "gauge": self._meter.create_gauge,
-                        }[spec.kind]
-                        otel = create(spec.name, unit=spec.unit, description=spec.description)
-                    found = Instrument(name, spec.kind, otel, history=HISTORY_SIZE if name in HISTORY_METRICS else 0)
+                otel = None
+                if self._meter is not None:
+                    create = {
+                        "counter": self._meter.create_counter,
+                        "up_down_counter": self._meter.create_up_down_counter,
+                        "histogram": self._meter.create_histogram,
+                        "gauge": self._meter.create_gauge,
+                    }[spec.kind]
+                    otel = create(spec.name, unit=spec.unit, description=spec.description)
+                found = Instrument(name, spec.kind, otel, history=HISTORY_SIZE if name in HISTORY_METRICS else 0)
                 self._instruments[name] = found
         return found
 
