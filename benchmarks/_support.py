@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -200,6 +201,22 @@ def timed(label: str) -> Iterator[None]:
 LOAD_TABLE_HEADERS = ["run", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "statuses"]
 
 
+def _quickack(writer: asyncio.StreamWriter) -> None:
+    """Acknowledge at once (Linux TCP_QUICKACK: sends a pending ACK now; it resets itself).
+
+    uvicorn's worker processes (``--workers`` > 1) write the response head and body in two segments
+    without TCP_NODELAY; with the client's delayed ACK that costs 40 ms per response, which would be
+    measured as server latency. Real clients pay it too; it is not what these scenarios measure.
+    """
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "TCP_QUICKACK", None)
+    if sock is not None and option is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+        except OSError:
+            pass
+
+
 @dataclass
 class RawResult:
     """What :func:`raw_pressure` saw: per status, client latencies and a chosen response header."""
@@ -248,6 +265,7 @@ async def raw_pressure(
                     started = time.perf_counter()  # steady state: keep-alive latency only
                 writer.write(request)
                 head = await reader.readuntil(b"\r\n\r\n")
+                _quickack(writer)  # a pending delayed ACK goes out now, releasing the body segment
                 elapsed = time.perf_counter() - started
                 lines = head.split(b"\r\n")
                 status = int(lines[0].split(b" ", 2)[1])
