@@ -26,8 +26,19 @@ def is_redis_url(value: object) -> bool:
     return isinstance(value, str) and value.startswith(_SCHEMES)
 
 
-def redis_client(target: str | Any, *, socket_timeout: float | None = None) -> Redis:
-    """A ``redis.asyncio.Redis`` for ``target``: a URL builds a client, a client is returned as is."""
+DEFAULT_MAX_CONNECTIONS = 100
+
+
+def redis_client(
+    target: str | Any, *, socket_timeout: float | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> Redis:
+    """A ``redis.asyncio.Redis`` for ``target``: a URL builds a client, a client is returned as is.
+
+    A client built from a ``redis://``/``rediss://``/``unix://`` URL uses a *blocking* pool of
+    ``max_connections``: a burst of requests waits for a free connection (each layer bounds the wait
+    with its own timeout) instead of failing with redis-py's "Too many connections" (its default pool
+    refuses the 101st concurrent command), which would read as an outage.
+    """
     if not isinstance(target, str):
         return target  # type: ignore[no-any-return]
     if not is_redis_url(target):
@@ -44,9 +55,14 @@ def redis_client(target: str | Any, *, socket_timeout: float | None = None) -> R
         return cluster  # type: ignore[no-any-return]
     if target.startswith(_SENTINEL):
         return _sentinel_master(target, socket_timeout)
-    client: Redis = redis_asyncio.Redis.from_url(
-        target, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+    pool = redis_asyncio.BlockingConnectionPool.from_url(
+        target,
+        max_connections=max_connections,
+        timeout=None,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
     )
+    client: Redis = redis_asyncio.Redis.from_pool(pool)  # the client owns (and closes) its pool
     return client
 
 

@@ -16,7 +16,6 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 from asgi_resilience._clock import Clock
-from asgi_resilience._optional import import_optional
 from asgi_resilience._redis import redis_client
 from asgi_resilience.errors import ConfigurationError, StorageError
 from asgi_resilience.ratelimit._policy import Decision, strategy_function
@@ -175,14 +174,9 @@ class RedisStorage(RateLimitStorage):
     def __init__(
         self, client: Any, *, prefix: str = "asgi_rl", clock: Clock | None = None, max_connections: int = 100
     ) -> None:
-        if isinstance(client, str) and client.startswith(("redis://", "rediss://", "unix://")):
-            # a burst waits for a free connection (bounded by the middleware's store timeout)
-            # instead of failing with "Too many connections" as redis-py's default pool does
-            redis_asyncio = import_optional("redis.asyncio", extra="redis", feature="The Redis rate-limit storage")
-            pool = redis_asyncio.BlockingConnectionPool.from_url(client, max_connections=max_connections, timeout=None)
-            self.client = redis_asyncio.Redis.from_pool(pool)  # the client owns (and closes) the pool
-        else:
-            self.client = redis_client(client)
+        # a URL gets a blocking pool: a burst waits for a free connection (bounded by the middleware's
+        # store timeout) instead of failing with "Too many connections" as redis-py's default pool does
+        self.client = redis_client(client, max_connections=max_connections)
         self.prefix = prefix
         self._clock = clock
         self._script = self.client.register_script(_SCRIPT)
