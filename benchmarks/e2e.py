@@ -318,6 +318,7 @@ async def slow_origin(env: Env) -> Outcome:
     conns_after = _connections_to(env.origin.port)
     latencies = [lat for values in burst.latencies.values() for lat in values]
     slowest = max(latencies) if latencies else float("inf")
+    server_max = max((float(v) for values in burst.header_values.values() for v in values if v), default=float("nan"))
     sample = burst.samples.get(504, b"").lower()
     all_504 = burst.statuses == Counter({504: sizes.slow_requests}) and b"application/problem+json" in sample
     leaked_tasks = {pid: tasks_after.get(pid, 0) - n for pid, n in tasks_before.items() if tasks_after.get(pid, 0) > n}
@@ -328,7 +329,8 @@ async def slow_origin(env: Env) -> Outcome:
         [
             f"{sizes.slow_requests} concurrent requests (new connections), route timeout 0.5 s, origin latency 2 s: "
             f"statuses {dict(burst.statuses)} errors {dict(burst.errors)}, slowest {slowest * 1000:.0f} ms "
-            f"(limit 600 ms, connecting included)",
+            f"(limit 600 ms, connecting included; p50 {_percentile(latencies, 50) * 1000:.0f} ms, "
+            f"p90 {_percentile(latencies, 90) * 1000:.0f} ms; slowest server-side {server_max:.0f} ms)",
             f"tasks per worker before {sorted(tasks_before.values())} after {sorted(tasks_after.values())}; "
             f"connections to the origin before {conns_before} after {conns_after}",
         ],
