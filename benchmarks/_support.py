@@ -22,11 +22,15 @@ from pathlib import Path
 import httpx
 
 from asgi_resilience.testing import free_port
+from asgi_resilience.types import Message, Receive, Scope, Send
 
 ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = [
     "RawResult",
+    "minimal_app",
+    "null_receive",
+    "null_send",
     "raw_pressure",
     "LOAD_TABLE_HEADERS",
     "ROOT",
@@ -37,6 +41,25 @@ __all__ = [
     "timed",
     "wait_http",
 ]
+
+
+_START = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+_BODY = {"type": "http.response.body", "body": b"ok", "more_body": False}
+_REQUEST = {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def minimal_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The in-process baseline: one start, one body message."""
+    await send(_START)
+    await send(_BODY)
+
+
+async def null_receive() -> Message:
+    return _REQUEST
+
+
+async def null_send(message: Message) -> None:
+    return None
 
 
 def wait_http(url: str, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:

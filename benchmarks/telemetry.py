@@ -32,28 +32,14 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from asgi_resilience import Telemetry, resilient
 from asgi_resilience.observability import NOOP, Instrument
 from asgi_resilience.testing import http_scope
-from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_resilience.types import ASGIApp, Scope
+from benchmarks._support import minimal_app as bare
+from benchmarks._support import null_receive as receive
+from benchmarks._support import null_send as send
 from benchmarks._support import print_table
 
 REQUESTS = 5_000
 ROUNDS = 5
-
-START: Message = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
-BODY: Message = {"type": "http.response.body", "body": b"ok", "more_body": False}
-REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def bare(scope: Scope, receive: Receive, send: Send) -> None:
-    await send(START)
-    await send(BODY)
-
-
-async def receive() -> Message:
-    return REQUEST
-
-
-async def send(message: Message) -> None:
-    return None
 
 
 def stack(telemetry: Telemetry | bool) -> ASGIApp:

@@ -22,29 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asgi_resilience import ConcurrencyLimitMiddleware, TimeoutMiddleware
 from asgi_resilience.testing import http_scope
-from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+from asgi_resilience.types import ASGIApp, Receive, Scope, Send
+from benchmarks._support import minimal_app as bare
+from benchmarks._support import null_receive as receive
+from benchmarks._support import null_send as send
 from benchmarks._support import print_table
 
 REQUESTS = 20_000
 ROUNDS = 5
 TARGET_US = 3.0
-
-START: Message = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
-BODY: Message = {"type": "http.response.body", "body": b"ok", "more_body": False}
-REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
-
-
-async def bare(scope: Scope, receive: Receive, send: Send) -> None:
-    await send(START)
-    await send(BODY)
-
-
-async def receive() -> Message:
-    return REQUEST
-
-
-async def send(message: Message) -> None:
-    return None
 
 
 async def one_round_us(app: ASGIApp) -> float:
