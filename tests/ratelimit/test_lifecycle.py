@@ -31,6 +31,11 @@ from asgi_resilience.types import Message, Receive, Scope, Send
 LIFESPAN: Scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
 
 
+# These tests are about connections, not timeouts: a loaded CI machine may take more than the 50 ms
+# default to open the first connection, and the limiter would then (correctly) fail open without one.
+STORE_TIMEOUT = 5.0
+
+
 class LifespanApp:
     """A raw ASGI app speaking the lifespan protocol and answering 200 to HTTP requests."""
 
@@ -88,7 +93,12 @@ async def request(mw: Any) -> int:
 
 @pytest.mark.redis
 async def test_aclose_closes_the_client_built_from_a_url(redis_url: str) -> None:
-    mw = RateLimitMiddleware(LifespanApp(), rules=[Rule("10/minute")], storage=f"{redis_url}?client_name=rl-owned")
+    mw = RateLimitMiddleware(
+        LifespanApp(),
+        rules=[Rule("10/minute")],
+        storage=f"{redis_url}?client_name=rl-owned",
+        store_timeout=STORE_TIMEOUT,
+    )
     assert await request(mw) == 200
     assert connections(redis_url, "rl-owned") == 1
     await mw.aclose()
@@ -99,7 +109,9 @@ async def test_aclose_closes_the_client_built_from_a_url(redis_url: str) -> None
 @pytest.mark.redis
 async def test_lifespan_shutdown_closes_the_client_built_from_a_url(redis_url: str) -> None:
     app = LifespanApp()
-    mw = RateLimitMiddleware(app, rules=[Rule("2/minute")], storage=f"{redis_url}?client_name=rl-lifespan")
+    mw = RateLimitMiddleware(
+        app, rules=[Rule("2/minute")], storage=f"{redis_url}?client_name=rl-lifespan", store_timeout=STORE_TIMEOUT
+    )
     assert [await request(mw) for _ in range(2)] == [200, 200]
     assert connections(redis_url, "rl-lifespan") == 1
     assert await run_lifespan(mw) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
@@ -115,8 +127,12 @@ async def test_a_client_passed_in_stays_open(redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url, client_name="rl-user")
     storage = RedisStorage(redis.asyncio.Redis.from_url(redis_url, client_name="rl-user-storage"))
     try:
-        by_client = RateLimitMiddleware(LifespanApp(), rules=[Rule("10/minute")], storage=client)
-        by_storage = RateLimitMiddleware(LifespanApp(), rules=[Rule("10/minute")], storage=storage)
+        by_client = RateLimitMiddleware(
+            LifespanApp(), rules=[Rule("10/minute")], storage=client, store_timeout=STORE_TIMEOUT
+        )
+        by_storage = RateLimitMiddleware(
+            LifespanApp(), rules=[Rule("10/minute")], storage=storage, store_timeout=STORE_TIMEOUT
+        )
         for mw in (by_client, by_storage):
             assert await request(mw) == 200
             assert await run_lifespan(mw) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
@@ -138,7 +154,10 @@ def test_starlette_app_served_twice_in_new_event_loops(redis_url: str) -> None:
         return PlainTextResponse("home")
 
     app = RateLimitMiddleware(
-        Starlette(routes=[Route("/", home)]), rules=[Rule("3/minute")], storage=f"{redis_url}?client_name=rl-twice"
+        Starlette(routes=[Route("/", home)]),
+        rules=[Rule("3/minute")],
+        storage=f"{redis_url}?client_name=rl-twice",
+        store_timeout=STORE_TIMEOUT,
     )
 
     async def serve(calls: int) -> list[int]:
@@ -189,7 +208,7 @@ def test_no_unclosed_connection_warnings_at_exit(redis_url: str) -> None:
             await send({{"type": "http.response.body", "body": b"ok"}})
 
         async def main():
-            mw = RateLimitMiddleware(app, rules=[Rule("10/minute")], storage={redis_url!r})
+            mw = RateLimitMiddleware(app, rules=[Rule("10/minute")], storage={redis_url!r}, store_timeout=5.0)
             h = await ASGIHarness().run(mw, http_scope("GET", "/"))
             assert h.status == 200, h.status
             incoming = [{{"type": "lifespan.startup"}}, {{"type": "lifespan.shutdown"}}]
