@@ -44,6 +44,7 @@ HeaderMode = Literal["draft-10", "legacy", "both"]
 StoreErrorMode = Literal["open", "closed", "local"]
 _CONCERN = "rate_limit"
 _MAX_COOLDOWN = 30.0
+_NEAR_KEYS = 10_000  # per rule, for the dashboard's near-limit count
 
 
 def rate_limit(
@@ -201,6 +202,9 @@ class RateLimitMiddleware:
         self._ip_cache: dict[str | None, str] = {}
         self._checks_cache: dict[Any, list[Check]] = {}
         self._attributes: dict[tuple[str, str], dict[str, str]] = {}
+        # rule -> {client key: until when} for keys with at most 10 % of a quota left: the dashboard
+        # shows how many (never which) clients are close to their limit, as this process saw them
+        self._near: dict[str, dict[str, float]] = {}
         self._policy_headers: dict[str, tuple[bytes, bytes]] = {}
         # breaker around the storage (shared by all requests; per-request state stays in locals)
         self._open_until = 0.0
@@ -234,7 +238,26 @@ class RateLimitMiddleware:
             "store_available": self._open_until <= now,
             "store_failures": self._failures,
             "keys": len(self._memory) if self._memory is not None else None,
+            "near_limit": self._near_limit_counts(now),
         }
+
+    def _near_limit_counts(self, now: float) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for rule, keys in list(self._near.items()):
+            for key, until in list(keys.items()):
+                if until <= now:
+                    del keys[key]
+            counts[rule] = len(keys)
+        return counts
+
+    def _note_near(self, check: Check, decision: Decision) -> None:
+        """Remember that ``check``'s client has at most 10 % of this quota left (until it resets)."""
+        keys = self._near.get(check.rule)
+        if keys is None:
+            keys = self._near[check.rule] = {}
+        elif len(keys) >= _NEAR_KEYS:
+            keys.clear()
+        keys[check.partition] = self._clock() + max(decision.reset_after, 1.0)
 
     async def reset(self) -> None:
         """Forget every counter (tests, admin)."""
@@ -520,6 +543,8 @@ class RateLimitMiddleware:
         ceil = math.ceil
         for check, decision in zip(checks, decisions, strict=True):
             retry = decision.retry_after
+            if decision.remaining * 10 <= decision.limit:
+                self._note_near(check, decision)
             if decision.allowed:
                 result = "allowed"
             elif check.enforce:
@@ -567,7 +592,9 @@ class RateLimitMiddleware:
 
     def _outcome_one(self, check: Check, decision: Decision) -> tuple[list[tuple[bytes, bytes]], list[str], float]:
         """:meth:`_outcome` for the common single-check request."""
-        allowed, _, remaining, reset_after, retry = decision
+        allowed, limit, remaining, reset_after, retry = decision
+        if remaining * 10 <= limit:
+            self._note_near(check, decision)
         violated: list[str] = []
         wait = 0.0
         if allowed:
