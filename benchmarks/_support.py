@@ -260,13 +260,15 @@ async def raw_pressure(
     seconds: float,
     header: bytes = b"x-server-ms",
     requests_per_connection: int | None = None,
+    pause_after: Mapping[int, float] | None = None,
 ) -> RawResult:
     """Closed-loop HTTP/1.1 keep-alive load over raw sockets: ``concurrency`` connections for ``seconds``.
 
     A few microseconds of client CPU per request (httpx needs far more), so that on a small machine the
     load generator does not starve the server it measures. GET only; bodies must carry Content-Length.
     ``requests_per_connection`` stops each connection after that many requests (a burst: 1), and the
-    latency then includes connecting.
+    latency then includes connecting. ``pause_after`` maps a status to seconds the connection waits
+    before its next request (a client backing off after a 503).
     """
     result = RawResult()
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: e2e\r\n\r\n".encode()
@@ -310,6 +312,8 @@ async def raw_pressure(
                 if close:
                     writer.close()
                     reader = writer = None
+                if pause_after and status in pause_after:
+                    await asyncio.sleep(pause_after[status])
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
                 result.errors[type(exc).__name__] += 1
                 if writer is not None:
