@@ -29,7 +29,15 @@ from asgi_resilience._clock import ManualClock
 from asgi_resilience.client._config import set_testing
 from asgi_resilience.types import ASGIApp, Message, Scope
 
-__all__ = ["ASGIHarness", "ManualClock", "RedisServer", "free_port", "http_scope", "set_testing"]
+__all__ = [
+    "ASGIHarness",
+    "ManualClock",
+    "RedisServer",
+    "free_port",
+    "http_scope",
+    "redis_command_counts",
+    "set_testing",
+]
 
 
 def http_scope(
@@ -261,3 +269,22 @@ class RedisServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+_OWN_COMMANDS = frozenset({"info", "hello", "client|setinfo", "config|resetstat"})
+
+
+def redis_command_counts(url: str) -> dict[str, int]:
+    """Calls per command the server at ``url`` ran so far (``INFO commandstats``; commands inside Lua
+    scripts included), without the bookkeeping of readers like this one (INFO, HELLO, CLIENT SETINFO,
+    CONFIG RESETSTAT). ``sum(...)`` of two readings around a loop gives commands per request.
+    """
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    counts = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    return {name: calls for name, calls in counts.items() if name not in _OWN_COMMANDS}

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asgi_resilience import Cache, CacheMiddleware
 from asgi_resilience import cache as cache_endpoint
-from asgi_resilience.testing import RedisServer
+from asgi_resilience.testing import RedisServer, redis_command_counts
 
 ASGI = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -97,15 +97,7 @@ async def measure(app: ASGI, *, requests: int, miss: bool, offset: int = 0) -> f
 
 
 def redis_commands(url: str) -> int:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    own = ("cmdstat_info", "cmdstat_hello", "cmdstat_client|setinfo")
-    return sum(int(v["calls"]) for k, v in stats.items() if k not in own)
+    return sum(redis_command_counts(url).values())
 
 
 async def ours(backend: str, *, l1: int, requests: int, url: str | None) -> list[tuple[str, float, str]]:

@@ -36,7 +36,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from asgi_resilience import RateLimitMiddleware, Rule
-from asgi_resilience.testing import RedisServer
+from asgi_resilience.testing import RedisServer, redis_command_counts
 
 ASGI = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 LIMIT = "1000000/hour"
@@ -147,13 +147,7 @@ async def measure(app: ASGI, requests: int) -> tuple[float, float, float]:
 
 
 def commandstats(url: str) -> int:
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    skip = {"cmdstat_info", "cmdstat_config|resetstat", "cmdstat_hello", "cmdstat_client|setinfo"}
-    return sum(int(v["calls"]) for k, v in stats.items() if k not in skip)
+    return sum(redis_command_counts(url).values())
 
 
 async def main(requests: int, rounds: int) -> None:

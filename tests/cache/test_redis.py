@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from asgi_resilience import Cache, CacheMiddleware, Telemetry
-from asgi_resilience.testing import ASGIHarness, ManualClock, RedisServer
+from asgi_resilience.testing import ASGIHarness, ManualClock, RedisServer, redis_command_counts
 
 from .conftest import OFF, T0, Origin, get, status_of
 
@@ -23,13 +23,7 @@ pytestmark = pytest.mark.redis
 
 def commands(url: str) -> int:
     """Commands the server executed so far, not counting this reader's own connection set-up and INFO."""
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    own = ("cmdstat_info", "cmdstat_hello", "cmdstat_client|setinfo")
-    return sum(int(v["calls"]) for k, v in stats.items() if k not in own)
+    return sum(redis_command_counts(url).values())
 
 
 @pytest.fixture
