@@ -87,3 +87,23 @@ def test_redis_url_fixture_gives_a_flushed_server(redis_url: str) -> None:
         client.set("k", "v")
     finally:
         client.close()
+
+
+@pytest.mark.redis
+def test_redis_command_counts_leaves_out_its_own_bookkeeping(redis_url: str) -> None:
+    import redis
+
+    from asgi_resilience.testing import redis_command_counts
+
+    before = redis_command_counts(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set("a", 1)
+        client.set("b", 2)
+        client.get("a")
+    finally:
+        client.close()
+    after = redis_command_counts(redis_url)
+    assert after.get("set", 0) - before.get("set", 0) == 2
+    assert after.get("get", 0) - before.get("get", 0) == 1
+    assert "info" not in after and "hello" not in after
