@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.types import Scope
 
-__all__ = ["ATTRIBUTE", "EndpointOptions", "mark_endpoint"]
+__all__ = ["ATTRIBUTE", "EndpointOptions", "find_router", "mark_endpoint"]
 
 ATTRIBUTE = "__asgi_resilience__"
 T = TypeVar("T")
@@ -39,21 +39,39 @@ def mark_endpoint(endpoint: T, concern: str, options: Any) -> T:
     return endpoint
 
 
+def find_router(app: object) -> object | None:
+    """The app with a routing table (Starlette, FastAPI, a Router) below ``app``, through middlewares."""
+    for _ in range(16):
+        if app is None or hasattr(app, "routes"):
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
 class EndpointOptions:
-    """Finds the options a decorator put on the endpoint that will serve a request (one per middleware)."""
+    """Finds the options a decorator put on the endpoint that will serve a request (one per middleware).
 
-    __slots__ = ("_cache", "concern")
+    ``app`` is what the middleware wraps: when the middleware sits *outside* a Starlette/FastAPI app
+    (``resilient(app)``, a plain wrapper), Starlette has not set ``scope["app"]`` yet, so the routing
+    table is found by walking down the wrapped middlewares once, at construction.
+    """
 
-    def __init__(self, concern: str) -> None:
+    __slots__ = ("_cache", "_router", "concern")
+
+    def __init__(self, concern: str, app: object = None) -> None:
         self.concern = concern
         self._cache: dict[tuple[Any, ...], Any] = {}
+        self._router = find_router(app) if app is not None else None
 
     def lookup(self, scope: Scope) -> Any | None:
         """The options for this concern on the matched endpoint, or None (also for non-Starlette apps)."""
         app = scope.get("app")
         routes = getattr(app, "routes", None)
         if routes is None:
-            return None
+            app = self._router
+            routes = getattr(app, "routes", None)
+            if routes is None:
+                return None
         key = (id(app), scope["type"], scope.get("method"), scope.get("root_path", ""), scope.get("path"))
         found = self._cache.get(key, _MISSING)
         if found is _MISSING:

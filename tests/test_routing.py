@@ -127,3 +127,32 @@ def test_fastapi_nested_routers_with_include_prefixes() -> None:
     finder = EndpointOptions("test")
     assert finder.lookup(http_scope("GET", "/v1/outer/inner/leaf", app=app)) == "leaf"
     assert finder.lookup(http_scope("GET", "/outer/inner/leaf", app=app)) is None
+
+
+async def test_decorators_are_found_when_the_middleware_wraps_the_app_from_outside() -> None:
+    """``resilient(app)`` wraps a Starlette app from outside, before Starlette sets scope["app"]."""
+    import httpx
+
+    from asgi_resilience import rate_limit, resilient
+
+    @rate_limit("2/minute")
+    async def limited(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    inner = Starlette(routes=[Route("/limited", limited), Route("/plain", plain)])
+    app = resilient(inner, rate_limit=True, telemetry=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        limited_statuses = [(await client.get("/limited")).status_code for _ in range(3)]
+        plain_statuses = [(await client.get("/plain")).status_code for _ in range(3)]
+    assert limited_statuses == [200, 200, 429]
+    assert plain_statuses == [200, 200, 200]
+
+
+def test_find_router_walks_down_wrapping_middlewares() -> None:
+    from starlette.middleware.cors import CORSMiddleware
+
+    from asgi_resilience._routing import find_router
+
+    app = make_starlette()
+    assert find_router(CORSMiddleware(CORSMiddleware(app, allow_origins=["*"]), allow_origins=["*"])) is app
+    assert find_router(raw_app) is None

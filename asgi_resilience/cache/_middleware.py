@@ -196,8 +196,7 @@ class CacheMiddleware:
         self.normalize_query = normalize_query
         self.lock_timeout = float(lock_timeout)
         self.heuristic_fraction = float(heuristic_fraction)
-        self._endpoints = EndpointOptions("cache")
-        self._router = app if hasattr(app, "routes") else None
+        self._endpoints = EndpointOptions("cache", app)
         self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
         # "hit-for-miss" (as Varnish calls it): keys whose last response could not be stored are not
@@ -285,8 +284,6 @@ class CacheMiddleware:
             await self.cache.purge_indexes(invalidation_targets(host, scope["path"], query, headers))
 
     def _rule_for(self, scope: Scope) -> CacheRule | None:
-        if "app" not in scope and self._router is not None:
-            scope = {**scope, "app": self._router}  # wrapped from outside: Starlette has not set scope["app"]
         found = self._endpoints.lookup(scope)
         if isinstance(found, CacheRule):
             return found

@@ -195,7 +195,7 @@ class RateLimitMiddleware:
                 raise ConfigurationError(f"exempt must be path patterns or a callable, got {exempt!r}")
             if patterns:
                 self._exempt_regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-        self._endpoints = EndpointOptions(_CONCERN)
+        self._endpoints = EndpointOptions(_CONCERN, app)
         self._unfiltered = all(rule.path is None and rule.methods is None for rule in self.rules)
         self._all_static = all(rule.static for rule in self.rules)
         self._direct = not self.proxies.enabled

@@ -118,18 +118,13 @@ class TimeoutMiddleware:
                 f"unknown deadline header(s) {sorted(n.decode() for n in unknown)}; supported: {list(DEADLINE_HEADERS)}"
             )
         self._header_names = names
-        self._endpoints = EndpointOptions("timeout")
-        self._router = _find_router(app)
+        self._endpoints = EndpointOptions("timeout", app)
         self._telemetry = resolve_telemetry(telemetry)
         self._timeouts = self._telemetry.instrument("asgi_resilience.timeouts")
 
     def limit_for(self, scope: Scope) -> float | None:
         """The limit (seconds) that applies to an HTTP request, before deadline headers; None = untimed."""
-        if "app" not in scope and self._router is not None:
-            # wrapped from outside: Starlette has not set scope["app"] yet; look up on a copy
-            mark = self._endpoints.lookup({**scope, "app": self._router})
-        else:
-            mark = self._endpoints.lookup(scope)
+        mark = self._endpoints.lookup(scope)
         if isinstance(mark, TimeoutMark):
             return mark.seconds
         if self.rules:
@@ -163,15 +158,6 @@ class TimeoutMiddleware:
         if hint is not None and hint < limit:
             limit = hint
         await _TimedRequest(self, send, limit, scope.get("method") == "HEAD").run(scope, receive)
-
-
-def _find_router(app: object) -> object | None:
-    """The Starlette/FastAPI app (something with ``routes``) this middleware wraps, through other middlewares."""
-    for _ in range(16):
-        if app is None or hasattr(app, "routes"):
-            return app
-        app = getattr(app, "app", None)
-    return None
 
 
 class _TimedRequest:
