@@ -1,0 +1,142 @@
+"""Exercises every public signature; type-checked with ``mypy --strict`` in .ci/run, never run.
+
+If a public name, parameter or return type changes by accident, this file stops type-checking.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+import asgi_resilience
+from asgi_resilience import (
+    AsyncCircuitBreakerTransport,
+    AsyncResilientTransport,
+    AsyncRetryTransport,
+    BreakerPolicy,
+    Cache,
+    CacheMiddleware,
+    CacheRule,
+    CircuitBreakerTransport,
+    CircuitOpenError,
+    ConcurrencyLimitMiddleware,
+    ConfigurationError,
+    DeadlineExceeded,
+    Overloaded,
+    Problem,
+    ProblemDetailsMiddleware,
+    RateLimitExceeded,
+    RateLimitMiddleware,
+    ResilienceError,
+    ResilienceStack,
+    ResilientApp,
+    ResilientTransport,
+    RetriesExhausted,
+    RetryBudget,
+    RetryPolicy,
+    RetryTransport,
+    Rule,
+    StorageError,
+    Telemetry,
+    TimeoutMiddleware,
+    async_resilient_client,
+    cache,
+    current_deadline,
+    dashboard_app,
+    rate_limit,
+    remaining_time,
+    resilient,
+    resilient_client,
+    timeout,
+)
+from asgi_resilience.testing import ASGIHarness, ManualClock, RedisServer, http_scope, redis_command_counts
+from asgi_resilience.types import ASGIApp, Receive, Scope, Send
+
+
+async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@rate_limit("5/minute", key="header:X-API-Key", name="writes")
+@cache(ttl=60, tags=("products",))
+@timeout(5.0)
+async def endpoint(request: Request) -> Response:
+    deadline: float | None = current_deadline()
+    left: float | None = remaining_time()
+    return PlainTextResponse(f"{deadline} {left}")
+
+
+def middlewares() -> list[Middleware]:
+    return [
+        Middleware(ProblemDetailsMiddleware, type_base="https://example.com/problems/", mapping={KeyError: 404}),
+        Middleware(RateLimitMiddleware, rules=[Rule("100/minute"), Rule("5/second;60/minute", path="/api/*")]),
+        Middleware(CacheMiddleware, backend="memory://", rules=[CacheRule("/products/*", ttl=60)]),
+        Middleware(TimeoutMiddleware, timeout=10.0, rules={"/reports/*": 60.0, "/events": None}),
+        Middleware(ConcurrencyLimitMiddleware, max_concurrent=100, max_queue=50, queue_timeout=2.0),
+    ]
+
+
+def wrap_directly() -> ASGIApp:
+    app: ASGIApp = ProblemDetailsMiddleware(raw_app, debug=False)
+    app = RateLimitMiddleware(app, rules=[Rule("10/minute", shadow=True)], on_store_error="local")
+    app = CacheMiddleware(app, cache=Cache("memory://"), max_body_size=1_048_576, l1_entries=0)
+    app = TimeoutMiddleware(app, timeout=timedelta(seconds=3), mode="complete", idle_timeout=1.0)
+    app = ConcurrencyLimitMiddleware(app, max_concurrent=10, adaptive=True, min_concurrent=2)
+    return app
+
+
+def stack() -> ResilientApp:
+    starlette = Starlette(middleware=middlewares())
+    fastapi = FastAPI()
+    fastapi.add_middleware(ProblemDetailsMiddleware)
+    built: ResilienceStack = ResilienceStack(rate_limit="100/minute", cache=True, timeout=10.0, concurrency=100)
+    wrapped: ResilientApp = built.wrap(starlette)
+    dashboard_app(wrapped, auth=lambda request: True)
+    return resilient(fastapi, rate_limit=[Rule("100/minute")], cache={"backend": "memory://"}, telemetry=Telemetry())
+
+
+def transports() -> tuple[httpx.Client, httpx.AsyncClient]:
+    retry = RetryPolicy(attempts=3, statuses={429, 503}, retry_after_max=60.0, budget=RetryBudget(ratio=0.2))
+    breaker = BreakerPolicy(window=30.0, minimum_calls=20, failure_rate=0.5, break_duration=5.0)
+    sync_transport: httpx.BaseTransport = ResilientTransport(retry=retry, breaker=breaker, total_timeout=30.0)
+    sync_transport = RetryTransport(CircuitBreakerTransport(policy=breaker), policy=retry)
+    async_transport: httpx.AsyncBaseTransport = AsyncResilientTransport(attempt_timeout=5.0, max_concurrent=10)
+    async_transport = AsyncRetryTransport(AsyncCircuitBreakerTransport(policy=breaker), raise_on_exhaustion=True)
+    httpx.Client(transport=sync_transport)
+    httpx.AsyncClient(transport=async_transport)
+    return resilient_client(), async_resilient_client()
+
+
+def errors() -> list[ResilienceError]:
+    found: list[ResilienceError] = [
+        ConfigurationError("bad option"),
+        StorageError("redis down"),
+        RateLimitExceeded(retry_after=1.5, violated_policies=["writes"]),
+        Overloaded(retry_after=1),
+        DeadlineExceeded(),
+        CircuitOpenError(retry_after=5.0, origin="https://api.example"),
+        RetriesExhausted(attempts=3),
+        Problem(409, type="out-of-stock", detail="sold out", item=12),
+    ]
+    status: int = found[0].status
+    slug: str | None = found[0].type
+    retryable: bool = found[0].retryable
+    _ = (status, slug, retryable, found[0].retry_after, dict(found[0].headers))
+    return found
+
+
+async def testing_helpers() -> None:
+    clock = ManualClock()
+    clock.advance(1.0)
+    harness = await ASGIHarness().run(wrap_directly(), http_scope("GET", "/"))
+    status: int = harness.status
+    with RedisServer() as server:
+        counts: dict[str, int] = redis_command_counts(server.url)
+    _ = (status, counts, asgi_resilience.__all__)
