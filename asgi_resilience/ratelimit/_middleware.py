@@ -44,6 +44,7 @@ HeaderMode = Literal["draft-10", "legacy", "both"]
 StoreErrorMode = Literal["open", "closed", "local"]
 _CONCERN = "rate_limit"
 _MAX_COOLDOWN = 30.0
+_CONNECT_BUDGET = 0.5  # seconds for a store call that also has to connect (see _decide)
 _NEAR_KEYS = 10_000  # per rule, for the dashboard's near-limit count
 
 
@@ -112,7 +113,8 @@ class RateLimitMiddleware:
             :class:`~asgi_resilience._proxy.TrustedProxies`.
         on_store_error: when the storage fails or exceeds ``store_timeout``: ``"open"`` (admit),
             ``"closed"`` (503 problem+json) or ``"local"`` (decide with an in-process limiter).
-        store_timeout: seconds one storage call may take (default 50 ms).
+        store_timeout: seconds one storage call may take (default 50 ms). The first call on a new
+            connection (at start-up, or the probe after a failure) may take up to 0.5 s: it connects.
         store_cooldown: after a failure, seconds during which the storage is not tried; then one
             request probes it (one probe per cooldown while it stays down). Recovery is automatic and
             takes at most this long once the storage is back.
@@ -210,6 +212,7 @@ class RateLimitMiddleware:
         self._open_until = 0.0
         self._probing = False
         self._failures = 0
+        self._connected = False  # a call succeeded since the start or the last failure
         self._policy_cache: dict[tuple[str, int, int, int], tuple[str, str]] = {}
         tel = resolve_telemetry(telemetry)
         self._telemetry = tel
@@ -494,9 +497,13 @@ class RateLimitMiddleware:
             self._probing = True
         started = time.perf_counter()
         try:
-            with anyio.fail_after(self.store_timeout):
+            # the first call on a new connection (at start, after a failure) also connects, loads the
+            # script and says hello: that is not a slow store, so it gets a connection budget
+            budget = self.store_timeout if self._connected else max(self.store_timeout, _CONNECT_BUDGET)
+            with anyio.fail_after(budget):
                 decisions = await self.storage.hit(self.strategy, checks)
         except Exception as exc:  # StorageError, TimeoutError, or a custom storage's own error
+            self._connected = False
             self._failures += 1
             # a fixed cooldown, not a growing one: a probe per cooldown costs one request a fast failure
             # (or one store_timeout), and the limiter is back within store_cooldown of the store
@@ -513,6 +520,7 @@ class RateLimitMiddleware:
         finally:
             if probing:
                 self._probing = False
+        self._connected = True
         self._duration.record(time.perf_counter() - started, {"storage": self.storage.name})
         if self._failures:
             logger.warning("rate-limit storage %s recovered", self.storage.name)
