@@ -24,6 +24,7 @@ __all__ = ["Cache"]
 
 logger = logging.getLogger("asgi_resilience.cache")
 T = TypeVar("T")
+_CONNECT_BUDGET = 0.5  # seconds for a backend call that also has to connect (see Cache.call)
 _BACKOFF = 1.0  # seconds the backend is skipped after a failure, so an outage costs one timeout per second
 
 
@@ -91,6 +92,7 @@ class Cache:
         self._telemetry = resolve_telemetry(telemetry)
         self._errors = self._telemetry.instrument("asgi_resilience.cache.errors")
         self._down_until = float("-inf")
+        self._connected = False  # a backend call succeeded since the start or the last failure
         self._listener: asyncio.Task[None] | None = None
         self._listener_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -106,14 +108,19 @@ class Cache:
         if self.clock() < self._down_until:
             self._errors.add(1, {"operation": operation})
             return default
+        # a call that also has to connect (at start, after a failure) is not a slow backend
+        budget = self.backend_timeout if self._connected else max(self.backend_timeout, _CONNECT_BUDGET)
         try:
-            with anyio.fail_after(self.backend_timeout):
-                return await make()
+            with anyio.fail_after(budget):
+                result = await make()
         except Exception as exc:
+            self._connected = False
             self._down_until = self.clock() + _BACKOFF
             self._errors.add(1, {"operation": operation})
             logger.warning("cache backend %s failed during %s: %s", self.store.name, operation, type(exc).__name__)
             return default
+        self._connected = True
+        return result
 
     @property
     def available(self) -> bool:
