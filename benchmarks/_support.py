@@ -14,8 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +36,8 @@ __all__ = [
     "LoadResult",
     "Uvicorn",
     "load",
+    "percentile",
     "print_table",
-    "timed",
     "wait_http",
 ]
 
@@ -130,6 +129,14 @@ class Uvicorn:
         self.stop()
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of ``values``; infinity when there are none."""
+    if not values:
+        return float("inf")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
 @dataclass
 class LoadResult:
     name: str
@@ -137,31 +144,6 @@ class LoadResult:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
-    responses: list[httpx.Response] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return sum(self.statuses.values()) + sum(self.errors.values())
-
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-    def row(self) -> list[str]:
-        rate = self.count / self.elapsed if self.elapsed else 0.0
-        statuses = " ".join(f"{k}:{v}" for k, v in sorted(self.statuses.items()))
-        errors = " ".join(f"{k}:{v}" for k, v in sorted(self.errors.items()))
-        return [
-            self.name,
-            str(self.count),
-            f"{rate:,.0f}",
-            f"{self.percentile(50) * 1000:.1f}",
-            f"{self.percentile(95) * 1000:.1f}",
-            f"{self.percentile(99) * 1000:.1f}",
-            (statuses + (" " + errors if errors else "")).strip(),
-        ]
 
 
 async def load(
@@ -174,7 +156,7 @@ async def load(
     headers: Callable[[int], Mapping[str, str]] | None = None,
     timeout: float = 30.0,
     max_seconds: float = 120.0,
-    keep: Callable[[httpx.Response], bool] | None = None,
+    on_response: Callable[[httpx.Response], None] | None = None,
 ) -> LoadResult:
     """Send ``requests`` requests with ``concurrency`` workers (bounded in count and in time)."""
     result = LoadResult(name)
@@ -196,8 +178,8 @@ async def load(
                     continue
                 result.latencies.append(time.perf_counter() - started)
                 result.statuses[response.status_code] += 1
-                if keep is not None and keep(response):
-                    result.responses.append(response)
+                if on_response is not None:
+                    on_response(response)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -212,13 +194,6 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-
-
-@contextmanager
-def timed(label: str) -> Iterator[None]:
-    started = time.perf_counter()
-    yield
-    print(f"{label}: {time.perf_counter() - started:.2f} s", file=sys.stderr)
 
 
 LOAD_TABLE_HEADERS = ["run", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "statuses"]

@@ -30,7 +30,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asgi_resilience.testing import RedisServer
-from benchmarks._support import LOAD_TABLE_HEADERS, RawResult, Uvicorn, load, print_table, raw_pressure
+from benchmarks._support import LOAD_TABLE_HEADERS, RawResult, Uvicorn, load, percentile, print_table, raw_pressure
 
 
 @dataclass
@@ -109,9 +109,8 @@ async def exactness(env: Env) -> Outcome:
     total = sizes.exact_keys * sizes.exact_per_key
     per_key: dict[str, Counter[int]] = defaultdict(Counter)
 
-    def keep(response: httpx.Response) -> bool:
+    def count(response: httpx.Response) -> None:
         per_key[response.request.headers["x-api-key"]][response.status_code] += 1
-        return False
 
     result = await load(
         "exactness",
@@ -119,7 +118,7 @@ async def exactness(env: Env) -> Outcome:
         requests=total,
         concurrency=sizes.concurrency,
         headers=lambda i: {"x-api-key": keys[i % len(keys)]},
-        keep=keep,
+        on_response=count,
     )
     admitted = sorted(per_key[k][200] for k in keys)
     passed = admitted == [100] * len(keys) and result.statuses[200] + result.statuses[429] == total
@@ -341,7 +340,7 @@ async def slow_origin(env: Env) -> Outcome:
             f"{sizes.slow_requests} concurrent requests (new connections), route timeout 0.5 s, origin latency 2 s: "
             f"statuses {dict(burst.statuses)} errors {dict(burst.errors)}; slowest server-side {server_max:.0f} ms "
             f"(limit 600 ms); client-side, connecting included: slowest {slowest * 1000:.0f} ms, "
-            f"p50 {_percentile(latencies, 50) * 1000:.0f} ms",
+            f"p50 {percentile(latencies, 50) * 1000:.0f} ms",
             f"tasks per worker before {sorted(tasks_before.values())} after {sorted(tasks_after.values())}; "
             f"connections to the origin before {conns_before} after {conns_after}",
         ],
@@ -389,9 +388,8 @@ async def overload(env: Env) -> Outcome:
     def server_times(result: RawResult, status: int) -> list[float]:
         return [float(v) / 1000 for v in result.header_values.get(status, []) if v]
 
-    pct = _percentile
-    p99_unloaded, p99_admitted = pct(server_times(unloaded, 200), 99), pct(server_times(loaded, 200), 99)
-    p95_rejected = pct(server_times(loaded, 503), 95)
+    p99_unloaded, p99_admitted = percentile(server_times(unloaded, 200), 99), percentile(server_times(loaded, 200), 99)
+    p95_rejected = percentile(server_times(loaded, 503), 95)
     sample = loaded.samples.get(503, b"").lower()
     well_formed = b"content-type: application/problem+json" in sample and b"retry-after:" in sample
     passed = (
@@ -413,22 +411,15 @@ async def overload(env: Env) -> Outcome:
             f"errors {dict(loaded.errors)}",
             f"server-side p99: unloaded {p99_unloaded * 1000:.0f} ms, admitted under overload "
             f"{p99_admitted * 1000:.0f} ms (limit 2x); 503 p95 {p95_rejected * 1000:.1f} ms",
-            f"client-side p99: unloaded {pct(unloaded.latencies.get(200, []), 99) * 1000:.0f} ms, admitted "
-            f"{pct(loaded.latencies.get(200, []), 99) * 1000:.0f} ms, rejected "
-            f"{pct(loaded.latencies.get(503, []), 99) * 1000:.0f} ms; 503 is problem+json with Retry-After: "
+            f"client-side p99: unloaded {percentile(unloaded.latencies.get(200, []), 99) * 1000:.0f} ms, admitted "
+            f"{percentile(loaded.latencies.get(200, []), 99) * 1000:.0f} ms, rejected "
+            f"{percentile(loaded.latencies.get(503, []), 99) * 1000:.0f} ms; 503 is problem+json with Retry-After: "
             f"{well_formed}",
         ],
     )
 
 
 OVERLOAD_RETRY_PAUSE = 0.1
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("inf")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 SCENARIOS: list[Callable[[Env], Any]] = [exactness, stampede, slow_origin, overload, origin_storm, redis_outage]
@@ -443,9 +434,9 @@ def _raw_row(name: str, result: RawResult, seconds: float) -> list[str]:
         name,
         str(count),
         f"{count / seconds:,.0f}",
-        f"{_percentile(latencies, 50) * 1000:.1f}",
-        f"{_percentile(latencies, 95) * 1000:.1f}",
-        f"{_percentile(latencies, 99) * 1000:.1f}",
+        f"{percentile(latencies, 50) * 1000:.1f}",
+        f"{percentile(latencies, 95) * 1000:.1f}",
+        f"{percentile(latencies, 99) * 1000:.1f}",
         (statuses + " " + errors).strip(),
     ]
 
