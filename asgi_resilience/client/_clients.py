@@ -41,6 +41,18 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict
     return transport, resilience, kwargs
 
 
+def _prepare(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Split a client helper's arguments: (own transport, inner transport options, resilience options,
+    mounts, client options); options for our inner transport next to ``transport=`` are an error."""
+    transport_options, resilience, client_options = _split(dict(kwargs))
+    inner = client_options.pop("transport", None)
+    conflicting = sorted(set(transport_options) - {"trust_env"})
+    if inner is not None and conflicting:
+        raise TypeError(f"pass {conflicting} to your own transport, or drop transport=")
+    mounts = client_options.pop("mounts", None) or {}
+    return inner, transport_options, resilience, mounts, client_options
+
+
 def resilient_client(**kwargs: Any) -> httpx.Client:
     """An ``httpx.Client`` whose every request goes through :class:`ResilientTransport`.
 
@@ -54,13 +66,8 @@ def resilient_client(**kwargs: Any) -> httpx.Client:
 
     .. versionadded:: 0.1.0
     """
-    transport_options, resilience, client_options = _split(dict(kwargs))
-    inner = client_options.pop("transport", None)
-    conflicting = sorted(set(transport_options) - {"trust_env"})
-    if inner is not None and conflicting:
-        raise TypeError(f"pass {conflicting} to your own transport, or drop transport=")
+    inner, transport_options, resilience, mounts, client_options = _prepare(kwargs)
     base = inner if inner is not None else httpx.HTTPTransport(**transport_options)
-    mounts = client_options.pop("mounts", None) or {}
     return httpx.Client(
         transport=ResilientTransport(base, **resilience),
         mounts={k: (ResilientTransport(v, **resilience) if v is not None else None) for k, v in mounts.items()},
@@ -75,13 +82,8 @@ def async_resilient_client(**kwargs: Any) -> httpx.AsyncClient:
 
     .. versionadded:: 0.1.0
     """
-    transport_options, resilience, client_options = _split(dict(kwargs))
-    inner = client_options.pop("transport", None)
-    conflicting = sorted(set(transport_options) - {"trust_env"})
-    if inner is not None and conflicting:
-        raise TypeError(f"pass {conflicting} to your own transport, or drop transport=")
+    inner, transport_options, resilience, mounts, client_options = _prepare(kwargs)
     base = inner if inner is not None else httpx.AsyncHTTPTransport(**transport_options)
-    mounts = client_options.pop("mounts", None) or {}
     return httpx.AsyncClient(
         transport=AsyncResilientTransport(base, **resilience),
         mounts={k: (AsyncResilientTransport(v, **resilience) if v is not None else None) for k, v in mounts.items()},
