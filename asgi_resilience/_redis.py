@@ -27,6 +27,10 @@ def is_redis_url(value: object) -> bool:
 
 
 DEFAULT_MAX_CONNECTIONS = 100
+CONNECT_BUDGET = 0.5
+"""Seconds a storage call may take when it also has to connect (at start-up, or the first call after a
+failure): connecting, HELLO and loading a script are not a slow store. Layers give their first call on a
+new connection ``max(own timeout, CONNECT_BUDGET)``, then their own timeout."""
 
 
 def redis_client(

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from asgi_resilience._clock import Clock
-from asgi_resilience._redis import is_redis_url, redis_client
+from asgi_resilience._redis import CONNECT_BUDGET, is_redis_url, redis_client
 from asgi_resilience.cache._policy import Entry, VaryMarker, index_of, normalize_query
 from asgi_resilience.cache._storage import AiocacheStore, L1Store, MemoryStore, RedisStore, Store
 from asgi_resilience.errors import ConfigurationError
@@ -24,7 +24,6 @@ __all__ = ["Cache"]
 
 logger = logging.getLogger("asgi_resilience.cache")
 T = TypeVar("T")
-_CONNECT_BUDGET = 0.5  # seconds for a backend call that also has to connect (see Cache.call)
 _BACKOFF = 1.0  # seconds the backend is skipped after a failure, so an outage costs one timeout per second
 
 
@@ -109,7 +108,7 @@ class Cache:
             self._errors.add(1, {"operation": operation})
             return default
         # a call that also has to connect (at start, after a failure) is not a slow backend
-        budget = self.backend_timeout if self._connected else max(self.backend_timeout, _CONNECT_BUDGET)
+        budget = self.backend_timeout if self._connected else max(self.backend_timeout, CONNECT_BUDGET)
         try:
             with anyio.fail_after(budget):
                 result = await make()

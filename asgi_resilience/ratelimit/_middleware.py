@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 from asgi_resilience._asgi import SendTracker, append_headers, get_header, mark_arrival, send_error
 from asgi_resilience._clock import Clock
 from asgi_resilience._proxy import TrustedProxies, network_key
+from asgi_resilience._redis import CONNECT_BUDGET
 from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
 from asgi_resilience.errors import ConfigurationError, RateLimitExceeded, StorageError
 from asgi_resilience.observability import Telemetry, resolve_telemetry
@@ -44,7 +45,6 @@ HeaderMode = Literal["draft-10", "legacy", "both"]
 StoreErrorMode = Literal["open", "closed", "local"]
 _CONCERN = "rate_limit"
 _MAX_COOLDOWN = 30.0
-_CONNECT_BUDGET = 0.5  # seconds for a store call that also has to connect (see _decide)
 _NEAR_KEYS = 10_000  # per rule, for the dashboard's near-limit count
 
 
@@ -499,7 +499,7 @@ class RateLimitMiddleware:
         try:
             # the first call on a new connection (at start, after a failure) also connects, loads the
             # script and says hello: that is not a slow store, so it gets a connection budget
-            budget = self.store_timeout if self._connected else max(self.store_timeout, _CONNECT_BUDGET)
+            budget = self.store_timeout if self._connected else max(self.store_timeout, CONNECT_BUDGET)
             with anyio.fail_after(budget):
                 decisions = await self.storage.hit(self.strategy, checks)
         except Exception as exc:  # StorageError, TimeoutError, or a custom storage's own error
