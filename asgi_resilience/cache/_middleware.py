@@ -320,9 +320,11 @@ class CacheMiddleware:
             directives=directives,
             has_auth=get_header(scope, b"authorization") is not None,
         )
-        if self._is_passing(req.key):
+        passing = self._is_passing(req.key)
+        if passing:
             # hit-for-pass: this URL's last response could not be stored, so there is nothing to look up
-            # for a few seconds (no backend round trip; a load-shedding layer below rejects cheaply)
+            # or to collapse for a few seconds (no backend round trip; a load-shedding layer below
+            # rejects cheaply)
             req.entry_key = req.key
             entry = None
         else:
@@ -360,6 +362,9 @@ class CacheMiddleware:
             await send_problem(
                 send, problem, extra_headers=[(b"cache-status", cache_status(fwd="miss"))], head=method == "HEAD"
             )
+            return
+        if passing:
+            await self._forward(req, receive, send, None, None)
             return
         await self._collapse(req, receive, send, entry)
 
@@ -409,7 +414,7 @@ class CacheMiddleware:
     async def _collapse(self, req: _Request, receive: Receive, send: Send, stale: Entry | None) -> None:
         """Single flight: the first miss of a key calls the app, concurrent ones wait for its result."""
         flight_key = req.entry_key or req.key
-        if self._is_passing(flight_key):
+        if self._is_passing(flight_key):  # a variant (Vary) key whose last response was not storable
             await self._forward(req, receive, send, stale, None)
             return
         flight = self._flights.get(flight_key)
