@@ -37,6 +37,7 @@ __all__ = [
     "http_scope",
     "redis_command_counts",
     "set_testing",
+    "stop_process",
 ]
 
 
@@ -186,6 +187,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(
+    process: subprocess.Popen[bytes] | None, sig: signal.Signals = signal.SIGTERM, *, timeout: float = 5.0
+) -> None:
+    """Stop ``process`` by its own pid with ``sig``, escalating to SIGKILL after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    os.kill(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
 class RedisServer:
     """A throw-away ``redis-server`` on 127.0.0.1, nothing persisted, stopped by its own pid.
 
@@ -249,14 +264,7 @@ class RedisServer:
 
     def _signal(self, sig: signal.Signals) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, sig)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+        stop_process(process, sig)
 
     def restart(self) -> None:
         self.kill()

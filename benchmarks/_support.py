@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from asgi_resilience.testing import free_port
+from asgi_resilience.testing import free_port, stop_process
 from asgi_resilience.types import Message, Receive, Scope, Send
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,14 +112,7 @@ class Uvicorn:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+        stop_process(process, timeout=10)
 
     def __enter__(self) -> Uvicorn:
         return self.start()
