@@ -7,7 +7,7 @@ share one connection pool (the stack builder does); a URL builds a new client.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from asgi_resilience._optional import import_optional
 from asgi_resilience.errors import ConfigurationError
@@ -44,7 +44,7 @@ def redis_client(
     refuses the 101st concurrent command), which would read as an outage.
     """
     if not isinstance(target, str):
-        return target  # type: ignore[no-any-return]
+        return cast("Redis", target)
     if not is_redis_url(target):
         raise ConfigurationError(
             f"expected a redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL, got {target!r}"
@@ -56,7 +56,7 @@ def redis_client(
         cluster: Any = RedisCluster.from_url(
             "redis://" + target[len(_CLUSTER) :], socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
         )
-        return cluster  # type: ignore[no-any-return]
+        return cast("Redis", cluster)
     if target.startswith(_SENTINEL):
         return _sentinel_master(target, socket_timeout)
     pool = redis_asyncio.BlockingConnectionPool.from_url(
@@ -82,6 +82,8 @@ def _sentinel_master(target: str, socket_timeout: float | None) -> Redis:
     for node in hosts.split(","):
         host, _, port = node.rpartition(":")
         nodes.append((host or node, int(port) if port.isdigit() else 26379))
-    sentinel = Sentinel(nodes, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)  # type: ignore[no-untyped-call]
-    master: Redis = sentinel.master_for(service, db=int(db) if db.isdigit() else 0)
-    return master
+    # Typed through ``Any``: redis-py < 8.2 leaves ``Sentinel.__init__`` untyped, 8.2 types it, and a
+    # ``type: ignore`` that one version needs is an error ("unused ignore") on the other.
+    sentinel_cls: Any = Sentinel
+    sentinel = sentinel_cls(nodes, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+    return cast("Redis", sentinel.master_for(service, db=int(db) if db.isdigit() else 0))
