@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgi_resilience.cache import Cache, CacheMiddleware, CacheRule, cache  # the decorator `cache` wins
+from asgi_resilience.caching import Cache, CacheMiddleware, CacheRule, cache
 from asgi_resilience.client import (
     AsyncCircuitBreakerTransport,
     AsyncResilientTransport,
@@ -30,16 +30,16 @@ from asgi_resilience.errors import (
     Overloaded,
     Problem,
     ProblemDetails,
-    ProblemDetailsMiddleware,
     RateLimitExceeded,
     ResilienceError,
     RetriesExhausted,
     StorageError,
 )
 from asgi_resilience.observability import Telemetry, dashboard_app
+from asgi_resilience.problems import ProblemDetailsMiddleware
 from asgi_resilience.ratelimit import RateLimitMiddleware, Rule, rate_limit
 from asgi_resilience.stack import ResilienceStack, ResilientApp, resilient
-from asgi_resilience.timeout import (  # the decorator `timeout` replaces the subpackage attribute
+from asgi_resilience.timeouts import (
     ConcurrencyLimitMiddleware,
     TimeoutMiddleware,
     current_deadline,

@@ -61,11 +61,11 @@ class _LayerSpec:
 
 
 _SPECS: dict[str, _LayerSpec] = {
-    "problems": _LayerSpec("problems", "asgi_resilience.errors", "ProblemDetailsMiddleware", None),
+    "problems": _LayerSpec("problems", "asgi_resilience.problems", "ProblemDetailsMiddleware", None),
     "rate_limit": _LayerSpec("rate_limit", "asgi_resilience.ratelimit", "RateLimitMiddleware", "storage"),
-    "cache": _LayerSpec("cache", "asgi_resilience.cache", "CacheMiddleware", "backend"),
-    "timeout": _LayerSpec("timeout", "asgi_resilience.timeout", "TimeoutMiddleware", None),
-    "concurrency": _LayerSpec("concurrency", "asgi_resilience.timeout", "ConcurrencyLimitMiddleware", None),
+    "cache": _LayerSpec("cache", "asgi_resilience.caching", "CacheMiddleware", "backend"),
+    "timeout": _LayerSpec("timeout", "asgi_resilience.timeouts", "TimeoutMiddleware", None),
+    "concurrency": _LayerSpec("concurrency", "asgi_resilience.timeouts", "ConcurrencyLimitMiddleware", None),
 }
 
 
@@ -116,7 +116,7 @@ def _rate_limit_options(value: Any) -> dict[str, Any]:
 def _cache_options(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return {"backend": value}
-    module = importlib.import_module("asgi_resilience.cache")
+    module = importlib.import_module("asgi_resilience.caching")
     cache_cls = getattr(module, "Cache", None)
     if cache_cls is not None and isinstance(value, cache_cls):
         return {"cache": value}

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Optional
 import anyio
 import httpx
 
+from asgi_resilience._deadline import remaining_time
 from asgi_resilience.client._breaker import (
     Admission,
     BreakerPolicy,
@@ -45,7 +46,6 @@ from asgi_resilience.client._retry import (
 from asgi_resilience.client._shared import SharedState
 from asgi_resilience.errors import CircuitOpenError, ConfigurationError, RetriesExhausted
 from asgi_resilience.observability import Telemetry, resolve_telemetry
-from asgi_resilience.timeout import remaining_time
 
 __all__ = ["AttemptRecord", "Hook", "RetryEvent"]
 

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx
 
+from asgi_resilience._deadline import remaining_time
 from asgi_resilience.client._breaker import BreakerPolicy, BreakerTransition, CircuitBreaker
 from asgi_resilience.client._core import (
     AsyncBody,
@@ -31,7 +32,6 @@ from asgi_resilience.client._core import (
 from asgi_resilience.client._retry import RetryPolicy
 from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.observability import Telemetry
-from asgi_resilience.timeout import remaining_time
 
 __all__ = [
     "AsyncCircuitBreakerTransport",

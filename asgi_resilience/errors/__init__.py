@@ -1,4 +1,6 @@
-"""Errors: the exception tree and RFC 9457 problem details.
+"""Errors: the exception tree and RFC 9457 problem details (the bottom layer: it imports nothing of ours).
+
+The middleware that renders them is :class:`~asgi_resilience.problems.ProblemDetailsMiddleware`.
 
 Every exception asgi-resilience raises derives from :class:`ResilienceError`::
 
@@ -26,7 +28,6 @@ from asgi_resilience.errors._exceptions import (
     RetriesExhausted,
     StorageError,
 )
-from asgi_resilience.errors._middleware import ProblemDetailsMiddleware, ProblemHandler
 from asgi_resilience.errors._problem import PROBLEM_MEDIA_TYPE, Problem, ProblemDetails
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
     "Overloaded",
     "Problem",
     "ProblemDetails",
-    "ProblemDetailsMiddleware",
-    "ProblemHandler",
     "RateLimitExceeded",
     "ResilienceError",
     "RetriesExhausted",

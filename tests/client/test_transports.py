@@ -29,8 +29,8 @@ from asgi_resilience import (
     async_resilient_client,
     resilient_client,
 )
+from asgi_resilience._deadline import deadline_scope
 from asgi_resilience.client import BreakerTransition, RetryEvent
-from asgi_resilience.timeout._deadline import deadline_scope
 
 from .conftest import Served
 

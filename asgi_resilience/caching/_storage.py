@@ -2,7 +2,7 @@
 
 Every backend stores :class:`Entry` / :class:`VaryMarker` values under string keys, keeps two
 indexes for purging (URL -> keys, tag -> keys) and may offer a cross-process lease. Shared backends
-serialize with msgpack (never pickle). Errors propagate; :class:`~asgi_resilience.cache.Cache`
+serialize with msgpack (never pickle). Errors propagate; :class:`~asgi_resilience.caching.Cache`
 turns them into misses.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 
 from asgi_resilience._clock import Clock
-from asgi_resilience.cache._policy import Entry, VaryMarker
+from asgi_resilience.caching._policy import Entry, VaryMarker
 
 __all__ = ["AiocacheStore", "L1Store", "MemoryStore", "RedisStore", "Store", "decode", "encode"]
 

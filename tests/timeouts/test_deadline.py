@@ -7,7 +7,7 @@ import time
 import anyio
 
 from asgi_resilience import current_deadline, remaining_time
-from asgi_resilience.timeout import deadline_scope
+from asgi_resilience.timeouts import deadline_scope
 
 
 def test_none_outside_a_timed_request() -> None:

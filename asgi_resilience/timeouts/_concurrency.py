@@ -10,7 +10,7 @@
   matching paths, so a flood on other paths cannot starve them (and they cannot take more than
   their share). ``max_queue`` and ``queue_timeout`` apply to each partition.
 * ``adaptive=True`` moves the limit between ``min_concurrent`` and ``max_concurrent`` with
-  :class:`~asgi_resilience.timeout._adaptive.AdaptiveLimit` (latency against the minimum latency).
+  :class:`~asgi_resilience.timeouts._adaptive.AdaptiveLimit` (latency against the minimum latency).
 * WebSocket and lifespan scopes, and ``exempt`` paths, pass through without a slot.
 """
 
@@ -29,8 +29,8 @@ from asgi_resilience._asgi import send_error
 from asgi_resilience._clock import Clock
 from asgi_resilience.errors import ConfigurationError, Overloaded
 from asgi_resilience.observability import Telemetry, resolve_telemetry
-from asgi_resilience.timeout._adaptive import AdaptiveLimit, Algorithm
-from asgi_resilience.timeout._rules import PathRules, seconds
+from asgi_resilience.timeouts._adaptive import AdaptiveLimit, Algorithm
+from asgi_resilience.timeouts._rules import PathRules, seconds
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ConcurrencyLimitMiddleware"]

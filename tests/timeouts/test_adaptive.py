@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from asgi_resilience import ConfigurationError
-from asgi_resilience.timeout import AdaptiveLimit
+from asgi_resilience.timeouts import AdaptiveLimit
 
 
 def feed(limit: AdaptiveLimit, rtt: float, now: float, *, dropped: bool = False) -> float:

@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-from asgi_resilience.timeout._adaptive import AdaptiveLimit
-from asgi_resilience.timeout._concurrency import ConcurrencyLimitMiddleware
-from asgi_resilience.timeout._deadline import current_deadline, deadline_scope, remaining_time
-from asgi_resilience.timeout._headers import DEADLINE_HEADERS, client_timeout, parse_grpc_timeout, parse_timeout_ms
-from asgi_resilience.timeout._middleware import TimeoutMiddleware
-from asgi_resilience.timeout._rules import timeout
+from asgi_resilience._deadline import current_deadline, deadline_scope, remaining_time
+from asgi_resilience.timeouts._adaptive import AdaptiveLimit
+from asgi_resilience.timeouts._concurrency import ConcurrencyLimitMiddleware
+from asgi_resilience.timeouts._headers import DEADLINE_HEADERS, client_timeout, parse_grpc_timeout, parse_timeout_ms
+from asgi_resilience.timeouts._middleware import TimeoutMiddleware
+from asgi_resilience.timeouts._rules import timeout
 
 __all__ = [
     "DEADLINE_HEADERS",

@@ -20,8 +20,7 @@ from starlette.routing import Route
 from asgi_resilience import Overloaded, Problem, ProblemDetailsMiddleware
 from asgi_resilience.testing import ASGIHarness, http_scope
 from asgi_resilience.types import Receive, Scope, Send
-
-from .conftest import assert_problem_shape
+from tests.errors.conftest import assert_problem_shape
 
 
 def client(app: Any) -> httpx.AsyncClient:

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from asgi_resilience import ConfigurationError
-from asgi_resilience.timeout import client_timeout, parse_grpc_timeout, parse_timeout_ms
-from asgi_resilience.timeout._rules import PathRules, seconds
+from asgi_resilience.timeouts import client_timeout, parse_grpc_timeout, parse_timeout_ms
+from asgi_resilience.timeouts._rules import PathRules, seconds
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ The package attribute ``cache`` is the decorator function (there is no ``cache``
 
 from __future__ import annotations
 
-from asgi_resilience.cache._cache import Cache
-from asgi_resilience.cache._middleware import CacheMiddleware, cache
-from asgi_resilience.cache._policy import CacheRule
+from asgi_resilience.caching._cache import Cache
+from asgi_resilience.caching._middleware import CacheMiddleware, cache
+from asgi_resilience.caching._policy import CacheRule
 
 __all__ = ["Cache", "CacheMiddleware", "CacheRule", "cache"]

@@ -16,8 +16,8 @@ import anyio
 from asgi_resilience._asgi import get_header, mark_arrival, send_problem
 from asgi_resilience._clock import Clock
 from asgi_resilience._routing import EndpointOptions, mark_endpoint
-from asgi_resilience.cache._cache import Cache
-from asgi_resilience.cache._policy import (
+from asgi_resilience.caching._cache import Cache
+from asgi_resilience.caching._policy import (
     CacheRule,
     CookiePolicy,
     Entry,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_resilience.cache._policy import (
+from asgi_resilience.caching._policy import (
     CacheRule,
     Entry,
     VaryMarker,
@@ -33,7 +33,7 @@ from asgi_resilience.cache._policy import (
     usable_fresh,
     vary_values,
 )
-from asgi_resilience.cache._storage import decode, encode
+from asgi_resilience.caching._storage import decode, encode
 
 T = 1_700_000_000.0
 

@@ -15,8 +15,8 @@ import anyio
 
 from asgi_resilience._clock import Clock
 from asgi_resilience._redis import CONNECT_BUDGET, is_redis_url, redis_client
-from asgi_resilience.cache._policy import Entry, VaryMarker, index_of, normalize_query
-from asgi_resilience.cache._storage import AiocacheStore, L1Store, MemoryStore, RedisStore, Store
+from asgi_resilience.caching._policy import Entry, VaryMarker, index_of, normalize_query
+from asgi_resilience.caching._storage import AiocacheStore, L1Store, MemoryStore, RedisStore, Store
 from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.observability import Telemetry, resolve_telemetry
 

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from asgi_resilience import ConcurrencyLimitMiddleware, ConfigurationError, TimeoutMiddleware, remaining_time, timeout
 from asgi_resilience.testing import ASGIHarness, http_scope
-from asgi_resilience.timeout import timeout as timeout_from_subpackage
+from asgi_resilience.timeouts import timeout as timeout_from_subpackage
 
 
 def client(app: Any) -> httpx.AsyncClient:

@@ -18,8 +18,7 @@ from asgi_resilience import (
 )
 from asgi_resilience.testing import ASGIHarness, http_scope
 from asgi_resilience.types import Receive, Scope, Send
-
-from .conftest import assert_problem_shape
+from tests.errors.conftest import assert_problem_shape
 
 
 def raising(exc: BaseException) -> Any:

@@ -31,13 +31,13 @@ import anyio
 import anyio.lowlevel
 
 from asgi_resilience._asgi import ARRIVAL, get_header, send_error
+from asgi_resilience._deadline import _DEADLINE
 from asgi_resilience._proxy import TrustedProxies
 from asgi_resilience._routing import EndpointOptions
 from asgi_resilience.errors import ConfigurationError, DeadlineExceeded
 from asgi_resilience.observability import Telemetry, resolve_telemetry
-from asgi_resilience.timeout._deadline import _DEADLINE
-from asgi_resilience.timeout._headers import _PARSERS, DEADLINE_HEADERS, client_timeout
-from asgi_resilience.timeout._rules import PathRules, TimeoutMark, seconds
+from asgi_resilience.timeouts._headers import _PARSERS, DEADLINE_HEADERS, client_timeout
+from asgi_resilience.timeouts._rules import PathRules, TimeoutMark, seconds
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["TimeoutMiddleware"]
