@@ -39,12 +39,16 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from asgi_resilience._optional import import_optional
 from asgi_resilience._redis import redis_client
 from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["LAYER_ORDER", "ResilienceStack", "ResilientApp", "resilient"]
 
@@ -228,6 +232,11 @@ class ResilienceStack:
             layer's options name their own, and to :meth:`transport` for opt-in shared breaker state.
         telemetry: one :class:`~asgi_resilience.observability.Telemetry` for every layer (``True``: the
             process default, ``False``: none). The dashboard reads it.
+        tracing: put ``opentelemetry-instrumentation-asgi``'s ``OpenTelemetryMiddleware`` outermost
+            (extra ``otel``), so every request has a server span the layers add their events and
+            attributes to (a 429, a 504, a cache result); ``True`` uses the global tracer provider, or
+            pass a ``TracerProvider``. Per-message ``send``/``receive`` spans are left out. Off by default:
+            leave it off when the framework or the server already instruments requests.
 
     .. versionadded:: 0.1.0
     """
@@ -242,8 +251,21 @@ class ResilienceStack:
         concurrency: Any = False,
         redis: str | Any | None = None,
         telemetry: Telemetry | bool = True,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         self.telemetry = resolve_telemetry(telemetry)
+        self._tracing: Any = None
+        self._tracer_provider: Any = None
+        if tracing is not False:
+            if tracing is not True and not callable(getattr(tracing, "get_tracer", None)):
+                raise ConfigurationError(
+                    f"tracing must be True, False or an OpenTelemetry TracerProvider, got {tracing!r}"
+                )
+            self._tracing = import_optional(
+                "opentelemetry.instrumentation.asgi", extra="otel", feature="tracing=True"
+            ).OpenTelemetryMiddleware
+            if tracing is not True:
+                self._tracer_provider = tracing
         given = {
             "problems": problems,
             "rate_limit": rate_limit,
@@ -305,6 +327,13 @@ class ResilienceStack:
         for name, cls, options in reversed(self._layers):
             wrapped = cls(wrapped, **options, telemetry=self.telemetry)
             built[name] = wrapped
+        if self._tracing is not None:
+            wrapped = self._tracing(
+                wrapped,
+                tracer_provider=self._tracer_provider,
+                meter_provider=self.telemetry.meter_provider,
+                exclude_spans=["receive", "send"],
+            )
         return ResilientApp(wrapped, stack=self, app=app, layers={name: built[name] for name in self.layers})
 
     __call__ = wrap
@@ -330,7 +359,7 @@ class ResilienceStack:
     def snapshot(self) -> dict[str, Any]:
         """The telemetry snapshot plus the stack's layer order (what the dashboard shows)."""
         data = self.telemetry.snapshot()
-        data["layers"] = list(self.layers)
+        data["layers"] = (["tracing"] if self._tracing is not None else []) + list(self.layers)
         return data
 
     async def aclose(self) -> None:
@@ -385,6 +414,7 @@ def resilient(
     concurrency: Any = False,
     redis: str | Any | None = None,
     telemetry: Telemetry | bool = True,
+    tracing: bool | TracerProvider = False,
 ) -> ResilientApp:
     """Wrap ``app`` in the resilience layers, in the documented order (see this module's docstring).
 
@@ -400,5 +430,6 @@ def resilient(
         concurrency=concurrency,
         redis=redis,
         telemetry=telemetry,
+        tracing=tracing,
     )
     return stack.wrap(app)

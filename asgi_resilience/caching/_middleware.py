@@ -202,7 +202,7 @@ class CacheMiddleware:
         # "hit-for-miss" (as Varnish calls it): keys whose last response could not be stored are not
         # collapsed for a while, so that an uncacheable URL is never serialised behind one request
         self._passing: dict[str, float] = {}
-        tel = resolve_telemetry(telemetry)
+        tel = self._telemetry = resolve_telemetry(telemetry)
         self._requests = tel.instrument("asgi_resilience.cache.requests")
         tel.register_snapshot("cache", self._snapshot)
 
@@ -222,6 +222,8 @@ class CacheMiddleware:
 
     def _count(self, result: str) -> None:
         self._requests.add(1, {"result": result})
+        if result != "stored":  # the request's result on its server span (a miss also when it starts, below)
+            self._telemetry.span_attributes({"asgi_resilience.cache.result": result})
 
     # --- ASGI ------------------------------------------------------------------------------------------
 
@@ -655,6 +657,8 @@ class CacheMiddleware:
                     tags = tuple(dict.fromkeys([*rule_tags, *response_tags(upstream_headers)]))
                 out = [(k, v) for k, v in upstream_headers if k not in _STRIPPED_FROM_CLIENT]
                 out.append((b"cache-status", cache_status(fwd=fwd, fwd_status=None, stored=will_store)))
+                if not silent:  # a server span may end with the response, before the miss is counted
+                    self._telemetry.span_attributes({"asgi_resilience.cache.result": "miss"})
                 if not will_store and req.method == "GET":
                     self._mark_passing(req.entry_key or req.key)
                     if flight is not None:

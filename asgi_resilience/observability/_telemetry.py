@@ -79,12 +79,16 @@ class Telemetry:
 
     Args:
         meter_provider: an OpenTelemetry ``MeterProvider``; the global one when None.
-        tracer_provider: unused for spans we create (we create none); reserved.
         enabled: False gives the same object as :data:`NOOP`.
+
+    Layers never create spans: they add events and attributes to the current span, which is the
+    server span of ``opentelemetry-instrumentation-asgi`` (``resilient(app, tracing=True)`` puts it
+    outermost) or of any other instrumentation that runs outside the stack.
     """
 
     def __init__(self, *, meter_provider: Any = None, enabled: bool = True) -> None:
         self.enabled = enabled
+        self.meter_provider: Any = meter_provider
         self._instruments: dict[str, Instrument] = {}
         self._snapshots: dict[str, Callable[[], Any]] = {}
         self._lock = threading.Lock()

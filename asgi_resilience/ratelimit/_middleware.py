@@ -351,7 +351,8 @@ class RateLimitMiddleware:
             return
         headers, violated, wait = self._outcome(checks, decisions)
         if violated:
-            self._telemetry.span_event("rate_limit.limited", {"rules": ",".join(violated)})
+            self._telemetry.span_event("asgi_resilience.rate_limit.limited", {"rules": ",".join(violated)})
+            self._telemetry.span_attributes({"asgi_resilience.rate_limit.result": "limited"})
             exc = RateLimitExceeded(retry_after=max(wait, 0.001), violated_policies=violated)
             await self._deny(scope, receive, send, exc, headers)
             return

@@ -264,10 +264,12 @@ class _TimedRequest:
         if not self.started:
             mw._timeouts.add(1, {"phase": "before_start"})
             mw._telemetry.span_event("asgi_resilience.timeout", {"phase": "before_start"})
+            mw._telemetry.span_attributes({"asgi_resilience.timeout.phase": "before_start"})
             await self._answer()
             return
         mw._timeouts.add(1, {"phase": "after_start"})
         mw._telemetry.span_event("asgi_resilience.timeout", {"phase": "after_start"})
+        mw._telemetry.span_attributes({"asgi_resilience.timeout.phase": "after_start"})
         what = f"idle timeout of {mw.idle_timeout:g} s" if self._idle_fired else f"timeout of {self.limit:g} s"
         raise DeadlineExceeded(f"the response did not complete within its {what}; the stream was aborted")
 

@@ -99,6 +99,7 @@ def stack() -> ResilientApp:
     built: ResilienceStack = ResilienceStack(rate_limit="100/minute", cache=True, timeout=10.0, concurrency=100)
     wrapped: ResilientApp = built.wrap(starlette)
     dashboard_app(wrapped, auth=lambda request: True)
+    ResilienceStack(rate_limit="100/minute", tracing=True)  # opentelemetry-instrumentation-asgi outermost
     return resilient(fastapi, rate_limit=[Rule("100/minute")], cache={"backend": "memory://"}, telemetry=Telemetry())
 
 
