@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 
 from asgi_resilience._clock import ManualClock
-from asgi_resilience.client._config import set_testing
+from asgi_resilience.policies._config import set_testing
 from asgi_resilience.types import ASGIApp, Message, Scope
 
 __all__ = [

@@ -12,10 +12,8 @@ or, keeping ``limits``/``http2``/``verify``/``proxy`` working, ``async_resilient
 
 from __future__ import annotations
 
-from asgi_resilience.client._breaker import BreakerPolicy, BreakerTransition
 from asgi_resilience.client._clients import async_resilient_client, resilient_client
-from asgi_resilience.client._core import AttemptRecord, RetryEvent
-from asgi_resilience.client._retry import RetryBudget, RetryPolicy
+from asgi_resilience.client._http import AttemptRecord, RetryEvent
 from asgi_resilience.client._transports import (
     AsyncCircuitBreakerTransport,
     AsyncResilientTransport,
@@ -24,6 +22,9 @@ from asgi_resilience.client._transports import (
     ResilientTransport,
     RetryTransport,
 )
+from asgi_resilience.policies._breaker import BreakerPolicy, BreakerTransition
+from asgi_resilience.policies._budget import RetryBudget
+from asgi_resilience.policies._retry import RetryPolicy
 
 __all__ = [
     "AsyncCircuitBreakerTransport",

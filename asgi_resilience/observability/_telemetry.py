@@ -25,6 +25,11 @@ Attributes = Mapping[str, str]
 HISTORY_METRICS = frozenset({"asgi_resilience.circuit_breaker.transitions"})
 """Instruments whose recent ``add`` calls are kept with a wall-clock time (for the dashboard)."""
 HISTORY_SIZE = 50
+CARDINALITY_LIMIT = 2000
+"""Attribute sets kept per instrument; later new sets are added to :data:`OVERFLOW` (the
+OpenTelemetry SDK's default limit and overflow attribute), so 20,000 origins cannot grow the
+dashboard's snapshot or the process without bound."""
+OVERFLOW: tuple[tuple[str, str], ...] = (("otel.metric.overflow", "true"),)
 
 
 class Instrument:
@@ -42,26 +47,35 @@ class Instrument:
         # the most recent ``add`` calls as (unix time, attributes), for rare events such as transitions
         self.history: deque[tuple[float, dict[str, str]]] | None = deque(maxlen=history) if history else None
 
+    def _key(self, attributes: Attributes | None) -> tuple[tuple[str, str], ...]:
+        """The series of ``attributes``, or :data:`OVERFLOW` once the limit is reached (lock held)."""
+        key = tuple(attributes.items()) if attributes else ()
+        if key in self.totals or len(self.totals) < CARDINALITY_LIMIT:
+            return key
+        return OVERFLOW
+
     def add(self, value: float, attributes: Attributes | None = None) -> None:
         # Unsorted on the hot path; snapshot() merges keys that differ only in order.
-        key = tuple(attributes.items()) if attributes else ()
         with self._lock:
+            key = self._key(attributes)
             self.totals[key] = self.totals.get(key, 0) + value
             if self.history is not None:
                 self.history.append((time.time(), dict(key)))
         if self._otel is not None:
-            self._otel.add(value, attributes)
+            self._otel.add(value, attributes if key is not OVERFLOW else dict(OVERFLOW))
 
     def record(self, value: float, attributes: Attributes | None = None) -> None:
-        key = tuple(attributes.items()) if attributes else ()
         with self._lock:
+            key = self._key(attributes)
             if self.kind == "gauge":
                 self.totals[key] = value
             else:
                 count, total = self.totals.get(key, (0, 0.0))
                 self.totals[key] = (count + 1, total + value)
         if self._otel is not None:
-            (self._otel.set if self.kind == "gauge" else self._otel.record)(value, attributes)
+            (self._otel.set if self.kind == "gauge" else self._otel.record)(
+                value, attributes if key is not OVERFLOW else dict(OVERFLOW)
+            )
 
 
 class _NoopInstrument(Instrument):
