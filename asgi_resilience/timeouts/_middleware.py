@@ -30,7 +30,7 @@ from typing import Literal
 import anyio
 import anyio.lowlevel
 
-from asgi_resilience._asgi import ARRIVAL, get_header, send_error
+from asgi_resilience._asgi import ARRIVAL, send_error
 from asgi_resilience._deadline import _DEADLINE
 from asgi_resilience._proxy import TrustedProxies
 from asgi_resilience._routing import EndpointOptions
@@ -60,8 +60,12 @@ class TimeoutMiddleware:
             the final body message).
         idle_timeout: longest gap allowed between body messages once the response started.
         status: 504 (default) or 503. 408 is refused: it tells the client that *it* was slow.
-        exempt_event_streams: leave requests that accept ``text/event-stream`` (SSE) untimed unless
-            a rule or ``@timeout`` names them. WebSocket and lifespan scopes always pass through.
+        exempt_event_streams: stop the clock when the app starts a ``text/event-stream`` (SSE)
+            response, unless a rule or ``@timeout`` names the route. The decision is made from the
+            response's ``Content-Type`` at its start, never from a request header: everything before
+            the response starts (reading the request body included) is always timed. To leave a
+            streaming route entirely untimed, declare it: ``rules={"/events": None}`` or
+            ``@timeout(None)``. WebSocket and lifespan scopes always pass through.
         trusted_proxies: peers whose deadline headers are honoured (CIDRs/addresses, a hop count
             meaning every peer, or a :class:`TrustedProxies`). None (default) ignores the headers.
         deadline_headers: which of ``grpc-timeout``, ``connect-timeout-ms`` and
@@ -123,19 +127,23 @@ class TimeoutMiddleware:
         self._timeouts = self._telemetry.instrument("asgi_resilience.timeouts")
 
     def limit_for(self, scope: Scope) -> float | None:
-        """The limit (seconds) that applies to an HTTP request, before deadline headers; None = untimed."""
+        """The limit (seconds) that applies to an HTTP request, before deadline headers; None = untimed.
+
+        Only the route decides (``@timeout``, then ``rules``, then ``timeout``): no request header
+        can exempt a request.
+        """
+        return self._resolve(scope)[0]
+
+    def _resolve(self, scope: Scope) -> tuple[float | None, bool]:
+        """(limit, declared): declared is True when ``@timeout`` or a rule named the route."""
         mark = self._endpoints.lookup(scope)
         if isinstance(mark, TimeoutMark):
-            return mark.seconds
+            return mark.seconds, True
         if self.rules:
             matched, value = self.rules.match(scope.get("path", ""))
             if matched:
-                return value
-        if self.exempt_event_streams:
-            accept = get_header(scope, b"accept")
-            if accept is not None and b"text/event-stream" in accept:
-                return None
-        return self.timeout
+                return value, True
+        return self.timeout, False
 
     def _client_limit(self, scope: Scope) -> float | None:
         trusted = self._trusted
@@ -150,14 +158,16 @@ class TimeoutMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope)
+        limit, declared = self._resolve(scope)
         if limit is None:
             await self.app(scope, receive, send)
             return
         hint = self._client_limit(scope)
         if hint is not None and hint < limit:
             limit = hint
-        await _TimedRequest(self, send, limit, scope.get("method") == "HEAD").run(scope, receive)
+        timed = _TimedRequest(self, send, limit, scope.get("method") == "HEAD")
+        timed.stream_exempt = self.exempt_event_streams and not declared
+        await timed.run(scope, receive)
 
 
 class _TimedRequest:
@@ -186,6 +196,7 @@ class _TimedRequest:
         "loop_deadline",
         "responded",
         "started",
+        "stream_exempt",
     )
 
     def __init__(self, mw: TimeoutMiddleware, send: Send, limit: float, head: bool = False) -> None:
@@ -197,6 +208,7 @@ class _TimedRequest:
         self.finished = False
         self.responded = False  # the fallback task answered for an app that ignored its cancellation
         self.done = False
+        self.stream_exempt = False  # an event-stream response stops the clock at its start
         self._idle_fired = False
         self._stopped = False
         self._fallback_task: asyncio.Task[None] | None = None
@@ -311,7 +323,9 @@ class _TimedRequest:
                 await anyio.lowlevel.checkpoint()  # raises the cancellation: too late for this response
             self.started = True
             idle = self._mw.idle_timeout
-            if self._mw.mode == "first_byte":
+            if self.stream_exempt and _is_event_stream(message):
+                self._stop_clock()  # an SSE stream may stay open: it is decided by its own response
+            elif self._mw.mode == "first_byte":
                 if idle is None:
                     self._stop_clock()
                 else:
@@ -326,7 +340,7 @@ class _TimedRequest:
                 if self.started:
                     self.finished = True
                     self._stop_clock()
-            elif self._mw.idle_timeout is not None:
+            elif self._mw.idle_timeout is not None and not self._stopped:
                 self._arm_idle(self._mw.idle_timeout)
         await self._send(message)
 
@@ -336,3 +350,11 @@ class _TimedRequest:
             self._set_deadline(self.loop_deadline)
         else:
             self._set_deadline(idle_deadline, idle=True)
+
+
+def _is_event_stream(message: Message) -> bool:
+    """True when an ``http.response.start`` message declares ``Content-Type: text/event-stream``."""
+    for name, value in message.get("headers", ()):
+        if name.lower() == b"content-type":
+            return bytes(value).split(b";", 1)[0].strip().lower() == b"text/event-stream"
+    return False

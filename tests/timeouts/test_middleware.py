@@ -369,13 +369,74 @@ async def test_rules_exact_path_beats_patterns_and_none_exempts() -> None:
     assert await seen_remaining({"timeout": None}, path="/") is None
 
 
-async def test_event_streams_are_exempt_by_default_unless_a_rule_names_them() -> None:
+async def test_an_accept_event_stream_request_header_never_switches_the_timeout_off() -> None:
+    """A client sending ``Accept: text/event-stream`` on any route is timed like every other request."""
     sse = [("accept", "text/event-stream")]
-    assert await seen_remaining({"timeout": 1.0}, headers=sse) is None
-    remaining = await seen_remaining({"timeout": 1.0, "exempt_event_streams": False}, headers=sse)
-    assert remaining is not None
+    remaining = await seen_remaining({"timeout": 1.0}, headers=sse)
+    assert remaining is not None and remaining <= 1.0
+    remaining = await seen_remaining({"timeout": 1.0}, headers=[("accept", "text/event-stream;q=0")])
+    assert remaining is not None and remaining <= 1.0
     remaining = await seen_remaining({"timeout": 1.0, "rules": {"/": 3.0}}, headers=sse)
     assert remaining is not None and 2.5 < remaining <= 3.0
+
+
+async def test_a_slow_upload_with_an_event_stream_accept_header_gets_its_504() -> None:
+    """The request-body phase is always timed: an idle upload cannot hold a slot past the limit."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        await ok(send)
+
+    async def slow_receive() -> dict[str, Any]:
+        await anyio.sleep(5)  # the client never finishes its upload
+        return {"type": "http.request", "body": b"x", "more_body": False}  # pragma: no cover
+
+    h = ASGIHarness()
+    started = time.monotonic()
+    scope = http_scope("POST", headers=[("accept", "text/event-stream"), ("content-length", "100")])
+    await TimeoutMiddleware(app, timeout=0.05)(scope, slow_receive, h.send)
+    assert time.monotonic() - started < 1
+    assert h.status == 504
+
+
+def sse_app(gaps: list[float], *, before_start: float = 0.0, content_type: bytes = b"text/event-stream") -> Any:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.sleep(before_start)
+        await send({"type": START, "status": 200, "headers": [(b"content-type", content_type)]})
+        for gap in gaps:
+            await anyio.sleep(gap)
+            await send({"type": BODY, "body": b"data: x\n\n", "more_body": True})
+        await send({"type": BODY, "body": b""})
+
+    return app
+
+
+async def test_an_event_stream_response_stops_the_clock_at_its_start() -> None:
+    """Decided from the response's Content-Type: the stream may outlive the limit and its idle gap."""
+    for options in ({"mode": "complete"}, {"idle_timeout": 0.05}, {"mode": "complete", "idle_timeout": 0.05}):
+        app = sse_app([0.1, 0.1], content_type=b"Text/Event-Stream; charset=utf-8")
+        h = await ASGIHarness().run(TimeoutMiddleware(app, timeout=0.05, **options))
+        assert (h.status, h.complete, h.body.count(b"data:")) == (200, True, 2), options
+
+
+async def test_an_event_stream_response_is_still_timed_before_it_starts() -> None:
+    h = await ASGIHarness().run(TimeoutMiddleware(sse_app([], before_start=5), timeout=0.05))
+    assert h.status == 504
+
+
+async def test_event_stream_exemption_yields_to_a_rule_and_can_be_turned_off() -> None:
+    stalled = sse_app([0.01, 0.5])
+    with pytest.raises(DeadlineExceeded):
+        await ASGIHarness().run(TimeoutMiddleware(stalled, timeout=5.0, idle_timeout=0.1, exempt_event_streams=False))
+    with pytest.raises(DeadlineExceeded):
+        await ASGIHarness().run(TimeoutMiddleware(stalled, timeout=5.0, idle_timeout=0.1, rules={"/": 5.0}))
+    with pytest.raises(DeadlineExceeded):  # other media types are not exempt
+        await ASGIHarness().run(
+            TimeoutMiddleware(sse_app([0.01, 0.5], content_type=b"text/plain"), timeout=5.0, idle_timeout=0.1)
+        )
 
 
 async def test_websocket_and_lifespan_pass_through_untouched() -> None:
