@@ -36,21 +36,132 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, TypeVar, cast
 
+from asgi_resilience._clock import Clock
 from asgi_resilience._optional import import_optional
+from asgi_resilience._proxy import TrustedProxies
 from asgi_resilience._redis import redis_client
+from asgi_resilience.caching import Cache, CacheRule
+from asgi_resilience.caching._policy import CookiePolicy
 from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
+from asgi_resilience.problems import ProblemHandler
+from asgi_resilience.ratelimit import Rule
+from asgi_resilience.ratelimit._middleware import HeaderMode, StoreErrorMode
+from asgi_resilience.ratelimit._policy import Strategy
+from asgi_resilience.timeouts._adaptive import Algorithm
+from asgi_resilience.timeouts._middleware import Mode
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["LAYER_ORDER", "ResilienceStack", "ResilientApp", "resilient"]
+__all__ = [
+    "CacheLayer",
+    "CacheOptions",
+    "ConcurrencyLayer",
+    "ConcurrencyOptions",
+    "LAYER_ORDER",
+    "ProblemsLayer",
+    "ProblemsOptions",
+    "RateLimitLayer",
+    "RateLimitOptions",
+    "ResilienceStack",
+    "ResilientApp",
+    "TimeoutLayer",
+    "TimeoutOptions",
+    "resilient",
+]
+
+A = TypeVar("A", bound=ASGIApp)
+
+
+class ProblemsOptions(TypedDict, total=False):
+    """The keyword options of :class:`~asgi_resilience.ProblemDetailsMiddleware` (``problems={...}``)."""
+
+    mapping: Mapping[type[BaseException], int | ProblemHandler] | None
+    debug: bool
+    type_base: str | None
+    request_id_header: str | None
+    trace_id: bool
+
+
+class RateLimitOptions(TypedDict, total=False):
+    """The keyword options of :class:`~asgi_resilience.RateLimitMiddleware` (``rate_limit={...}``)."""
+
+    rules: Sequence[Rule]
+    storage: str | Any
+    strategy: Strategy
+    exempt: Sequence[str] | str | Callable[[Any], bool | Awaitable[bool]] | None
+    trusted_proxies: Sequence[str] | int | TrustedProxies | None
+    on_store_error: StoreErrorMode
+    store_timeout: float
+    store_cooldown: float
+    shadow: bool
+    headers: HeaderMode | None
+    ipv6_prefix: int
+    key_prefix: str
+    clock: Clock | None
+
+
+class CacheOptions(TypedDict, total=False):
+    """The keyword options of :class:`~asgi_resilience.CacheMiddleware` (``cache={...}``)."""
+
+    cache: Cache | None
+    backend: str | Any
+    max_body_size: int
+    l1_entries: int
+    rules: Sequence[CacheRule]
+    stale_while_revalidate: float
+    stale_if_error: float
+    backend_timeout: float
+    cookie_policy: CookiePolicy
+    normalize_query: bool
+    lock_timeout: float
+    heuristic_fraction: float
+    clock: Clock | None
+
+
+class TimeoutOptions(TypedDict, total=False):
+    """The keyword options of :class:`~asgi_resilience.TimeoutMiddleware` (``timeout={...}``)."""
+
+    timeout: float | timedelta | None
+    rules: Mapping[str, float | timedelta | None] | None
+    mode: Mode
+    idle_timeout: float | timedelta | None
+    status: int
+    exempt_event_streams: bool
+    trusted_proxies: Sequence[str] | int | TrustedProxies | None
+    deadline_headers: Sequence[str]
+
+
+class ConcurrencyOptions(TypedDict, total=False):
+    """The keyword options of :class:`~asgi_resilience.ConcurrencyLimitMiddleware` (``concurrency={...}``)."""
+
+    max_concurrent: int
+    max_queue: int
+    queue_timeout: float | timedelta
+    lifo_on_overload: bool
+    exempt: Sequence[str]
+    partitions: Mapping[str, float] | None
+    adaptive: bool
+    min_concurrent: int
+    algorithm: Algorithm
+    window: float | timedelta
+    retry_after: float | timedelta
+    clock: Clock
+
+
+# What each layer argument accepts (mypy checks it; the stack checks it again at run time).
+ProblemsLayer: TypeAlias = bool | None | ProblemsOptions
+RateLimitLayer: TypeAlias = bool | None | str | Rule | Sequence[str | Rule] | RateLimitOptions
+CacheLayer: TypeAlias = bool | None | str | Cache | CacheRule | Sequence[CacheRule] | CacheOptions
+TimeoutLayer: TypeAlias = bool | None | float | timedelta | TimeoutOptions
+ConcurrencyLayer: TypeAlias = bool | None | int | ConcurrencyOptions
 
 LAYER_ORDER = ("problems", "rate_limit", "cache", "timeout", "concurrency")
 """Layer names, outermost first."""
@@ -244,11 +355,11 @@ class ResilienceStack:
     def __init__(
         self,
         *,
-        problems: Any = True,
-        rate_limit: Any = False,
-        cache: Any = False,
-        timeout: Any = False,
-        concurrency: Any = False,
+        problems: ProblemsLayer = True,
+        rate_limit: RateLimitLayer = False,
+        cache: CacheLayer = False,
+        timeout: TimeoutLayer = False,
+        concurrency: ConcurrencyLayer = False,
         redis: str | Any | None = None,
         telemetry: Telemetry | bool = True,
         tracing: bool | TracerProvider = False,
@@ -376,8 +487,9 @@ class ResilientApp:
 
     Calls go straight to the outermost layer. ``.stack`` is the :class:`ResilienceStack` (pass it to
     ``dashboard_app``), ``.layers`` maps layer names to the middleware instances (e.g. to call the
-    cache's ``purge``), ``.app`` is the app that was wrapped. On lifespan shutdown the Redis client the
-    stack created is closed after the app has shut down.
+    cache's ``purge``), ``.app`` is the app that was wrapped; any other attribute is the wrapped app's
+    (read and set). On lifespan shutdown the Redis client the stack created is closed after the app
+    has shut down.
     """
 
     __slots__ = ("_outer", "app", "layers", "stack")
@@ -400,25 +512,45 @@ class ResilientApp:
 
         await self._outer(scope, receive, lifespan_send)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names ResilientApp does not have: the wrapped app's attributes.
+        if name.startswith("__") or name in _SLOTS:
+            raise AttributeError(name)
+        return getattr(self.app, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SLOTS:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.app, name, value)
+
     def __repr__(self) -> str:
         return f"ResilientApp(layers={list(self.layers)!r}, app={self.app!r})"
 
 
+_SLOTS = frozenset(ResilientApp.__slots__)
+
+
 def resilient(
-    app: ASGIApp,
+    app: A,
     *,
-    problems: Any = True,
-    rate_limit: Any = False,
-    cache: Any = False,
-    timeout: Any = False,
-    concurrency: Any = False,
+    problems: ProblemsLayer = True,
+    rate_limit: RateLimitLayer = False,
+    cache: CacheLayer = False,
+    timeout: TimeoutLayer = False,
+    concurrency: ConcurrencyLayer = False,
     redis: str | Any | None = None,
     telemetry: Telemetry | bool = True,
     tracing: bool | TracerProvider = False,
-) -> ResilientApp:
+) -> A:
     """Wrap ``app`` in the resilience layers, in the documented order (see this module's docstring).
 
-    ``resilient(app, **options)`` is ``ResilienceStack(**options).wrap(app)``.
+    ``resilient(app, **options)`` is ``ResilienceStack(**options).wrap(app)``: the object returned is
+    a :class:`ResilientApp`. It is typed as the app you passed, so that ``app = resilient(app, ...)``
+    type-checks for every framework, and it forwards attribute access to that app (``app.state``,
+    ``app.include_router(...)``, ``app.url_path_for(...)`` keep working). ``isinstance(app, FastAPI)``
+    is False afterwards; use ``ResilienceStack(...).wrap(app)`` where you want the ``ResilientApp``
+    type itself (``.stack``, ``.layers``).
 
     .. versionadded:: 0.1.0
     """
@@ -432,4 +564,4 @@ def resilient(
         telemetry=telemetry,
         tracing=tracing,
     )
-    return stack.wrap(app)
+    return cast(A, stack.wrap(app))

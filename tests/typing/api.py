@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -100,7 +100,10 @@ def stack() -> ResilientApp:
     wrapped: ResilientApp = built.wrap(starlette)
     dashboard_app(wrapped, auth=lambda request: True)
     ResilienceStack(rate_limit="100/minute", tracing=True)  # opentelemetry-instrumentation-asgi outermost
-    return resilient(fastapi, rate_limit=[Rule("100/minute")], cache={"backend": "memory://"}, telemetry=Telemetry())
+    fastapi = resilient(fastapi, rate_limit=[Rule("100/minute")], cache={"backend": "memory://"}, telemetry=Telemetry())
+    fastapi.include_router(APIRouter())  # the app resilient() returns forwards attributes to the wrapped app
+    resilient(fastapi, timeout="10s")  # type: ignore[arg-type]  # layer options are typed
+    return wrapped
 
 
 def transports() -> tuple[httpx.Client, httpx.AsyncClient]:
