@@ -40,6 +40,8 @@ COMMON = [
     ("import anyio\n", ""),
     ("_aio", "_sio"),
     ("_async_run", "_sync_run"),
+    ("AsyncFn", "SyncFn"),
+    ("fall_back(", "fall_back_sync("),
     ("async_", "sync_"),
     ("(async source)", "(generated synchronous twin)"),
     ("(asyncio and trio)", "(threads)"),
@@ -47,6 +49,7 @@ COMMON = [
 
 FILES = [
     ("asgi_resilience/client/_async_transports.py", "asgi_resilience/client/_sync_transports.py"),
+    ("asgi_resilience/policies/_async_run.py", "asgi_resilience/policies/_sync_run.py"),
 ]
 
 HEADER = "# Generated from {source} by .ci/unasync.py: do not edit (edit the source, then run the script).\n"

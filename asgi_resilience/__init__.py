@@ -27,6 +27,7 @@ from asgi_resilience.errors import (
     CircuitOpenError,
     ConfigurationError,
     DeadlineExceeded,
+    DependencyUnavailable,
     Overloaded,
     Problem,
     ProblemDetails,
@@ -34,8 +35,22 @@ from asgi_resilience.errors import (
     ResilienceError,
     RetriesExhausted,
     StorageError,
+    TimeLimitExceeded,
 )
 from asgi_resilience.observability import Telemetry, dashboard_app
+from asgi_resilience.policies import (
+    bulkhead,
+    circuit_breaker,
+    configure_policies,
+    fail_closed,
+    fail_open,
+    fallback,
+    hedge,
+    last_good,
+    pipeline,
+    retry,
+    time_limit,
+)
 from asgi_resilience.problems import ProblemDetailsMiddleware
 from asgi_resilience.ratelimit import RateLimitMiddleware, Rule, rate_limit
 from asgi_resilience.stack import ResilienceStack, ResilientApp, resilient
@@ -60,6 +75,7 @@ __all__ = [
     "ConcurrencyLimitMiddleware",
     "ConfigurationError",
     "DeadlineExceeded",
+    "DependencyUnavailable",
     "Overloaded",
     "Problem",
     "ProblemDetails",
@@ -77,15 +93,27 @@ __all__ = [
     "Rule",
     "StorageError",
     "Telemetry",
+    "TimeLimitExceeded",
     "TimeoutMiddleware",
     "async_resilient_client",
+    "bulkhead",
     "cache",
+    "circuit_breaker",
+    "configure_policies",
     "current_deadline",
     "dashboard_app",
+    "fail_closed",
+    "fail_open",
+    "fallback",
+    "hedge",
+    "last_good",
+    "pipeline",
     "rate_limit",
     "remaining_time",
     "resilient",
     "resilient_client",
+    "retry",
+    "time_limit",
     "timeout",
 ]
 

@@ -12,11 +12,13 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "DeadlineExceeded",
+    "DependencyUnavailable",
     "Overloaded",
     "RateLimitExceeded",
     "ResilienceError",
     "RetriesExhausted",
     "StorageError",
+    "TimeLimitExceeded",
 ]
 
 
@@ -116,6 +118,20 @@ class DeadlineExceeded(ResilienceError):
     status = 504
     type = "timeout"
     title = "Gateway Timeout"
+    retryable = True
+    expose = True
+
+
+class TimeLimitExceeded(DeadlineExceeded, TimeoutError):
+    """A call protected by ``time_limit`` ran out of time (504; also a ``TimeoutError``)."""
+
+
+class DependencyUnavailable(ResilienceError):
+    """A dependency is down and the call fails closed (``fail_closed``): 503, the cause chained."""
+
+    status = 503
+    type = "dependency-unavailable"
+    title = "Service Unavailable"
     retryable = True
     expose = True
 

@@ -144,3 +144,73 @@ async def testing_helpers() -> None:
     with RedisServer() as server:
         counts: dict[str, int] = redis_command_counts(server.url)
     _ = (status, counts, asgi_resilience.__all__)
+
+
+# -- policies on any function: the decorated call sites keep their types (ParamSpec) ------------
+
+
+class LLMError(Exception):
+    pass
+
+
+llm_policy = asgi_resilience.pipeline(
+    asgi_resilience.time_limit(30),
+    asgi_resilience.retry(attempts=3, on=LLMError),
+    asgi_resilience.circuit_breaker("llm"),
+    asgi_resilience.bulkhead("llm", 10),
+)
+
+
+@llm_policy
+async def call_llm(prompt: str, *, temperature: float = 0.0) -> str:
+    return prompt
+
+
+@asgi_resilience.circuit_breaker("authz", fallback=lambda *a, **k: True)
+async def can_read(user: str, doc: str) -> bool:
+    return False
+
+
+@asgi_resilience.fail_closed
+async def is_admin(user: str) -> bool:
+    return False
+
+
+@asgi_resilience.fallback(None)
+async def maybe_price(item: str) -> int:
+    return 1
+
+
+@asgi_resilience.fail_open(True)
+def sync_check(user: str) -> bool:
+    return False
+
+
+@asgi_resilience.hedge(idempotent=True, delay="p95")
+async def read_replica(key: str) -> bytes:
+    return b""
+
+
+@asgi_resilience.retry(on=(LLMError, ConnectionError), attempts=5, timeout=10.0)
+def sync_fetch(url: str) -> int:
+    return 200
+
+
+async def policy_call_sites() -> None:
+    text: str = await call_llm("hi", temperature=0.2)
+    allowed: bool = await can_read("ann", "doc")
+    admin: bool = await is_admin("ann")
+    price: int | None = await maybe_price("apple")  # the fallback's type joins the result's
+    ok: bool = sync_check("ann")
+    body: bytes = await read_replica("k")
+    status: int = sync_fetch("https://example.com")
+    asgi_resilience.configure_policies({"bulkhead": {"db": {"max_concurrent": 20, "max_queue": 50}}})
+    async with asgi_resilience.bulkhead("db", max_concurrent=20, max_queue=50):
+        pass
+    async with asgi_resilience.circuit_breaker("llm"), asgi_resilience.time_limit(5.0):
+        pass
+    with asgi_resilience.bulkhead("db"), asgi_resilience.time_limit("auth"):
+        pass
+    state: str = asgi_resilience.circuit_breaker("llm").state
+    stale = asgi_resilience.last_good(max_entries=100, max_age=60.0)
+    _ = (text, allowed, admin, price, ok, body, status, state, stale)
