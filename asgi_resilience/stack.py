@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, TypeVar, cast
 
 from asgi_resilience._clock import Clock
+from asgi_resilience._durations import seconds
 from asgi_resilience._optional import import_optional
 from asgi_resilience._proxy import TrustedProxies
 from asgi_resilience._redis import redis_client
@@ -198,14 +198,6 @@ def _load_class(spec: _LayerSpec) -> type[Any]:
     return cls  # type: ignore[no-any-return]
 
 
-def _seconds(value: Any, what: str) -> float:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{what} must be a number of seconds or a timedelta, got {value!r}")
-    return float(value)
-
-
 def _rule(value: Any) -> Any:
     if isinstance(value, str):
         rule_cls = getattr(importlib.import_module("asgi_resilience.ratelimit"), "Rule", None)
@@ -249,10 +241,7 @@ def _cache_options(value: Any) -> dict[str, Any]:
 
 def _timeout_options(value: Any) -> dict[str, Any]:
     if isinstance(value, (int, float, timedelta)) and not isinstance(value, bool):
-        seconds = _seconds(value, "timeout")
-        if not (seconds > 0 and math.isfinite(seconds)):
-            raise ConfigurationError(f"timeout must be a positive number of seconds, got {value!r}")
-        return {"timeout": seconds}
+        return {"timeout": seconds(value, "timeout")}
     raise ConfigurationError(
         f"timeout must be a dict of TimeoutMiddleware options, a number of seconds, True or False; got {value!r}"
     )
@@ -412,7 +401,7 @@ class ResilienceStack:
             total = timeout_options.get("timeout")
             queue = concurrency_options.get("queue_timeout")
             if total is not None and queue is not None:
-                if _seconds(queue, "concurrency queue_timeout") >= _seconds(total, "timeout"):
+                if seconds(queue, "concurrency queue_timeout", allow_zero=True) >= seconds(total, "timeout"):
                     raise ConfigurationError(
                         f"concurrency queue_timeout ({queue}) must be shorter than the request timeout ({total}): "
                         "the time spent queueing counts against the deadline, so a queued request would get a "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ import anyio
 
 from asgi_resilience._asgi import get_header, mark_arrival, send_problem
 from asgi_resilience._clock import Clock
+from asgi_resilience._durations import seconds
 from asgi_resilience._routing import EndpointOptions, mark_endpoint
 from asgi_resilience.caching._cache import Cache
 from asgi_resilience.caching._policy import (
@@ -156,13 +156,9 @@ class CacheMiddleware:
         self.app = app
         if not isinstance(max_body_size, int) or max_body_size < 0:
             raise ConfigurationError(f"max_body_size must be an int >= 0 (bytes), got {max_body_size!r}")
-        for name, value in (
-            ("stale_while_revalidate", stale_while_revalidate),
-            ("stale_if_error", stale_if_error),
-            ("lock_timeout", lock_timeout),
-        ):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigurationError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        stale_while_revalidate = seconds(stale_while_revalidate, "stale_while_revalidate", allow_zero=True)
+        stale_if_error = seconds(stale_if_error, "stale_if_error", allow_zero=True)
+        lock_timeout = seconds(lock_timeout, "lock_timeout", allow_zero=True)
         if cookie_policy not in ("vary", "bypass", "ignore"):
             raise ConfigurationError(f"cookie_policy must be 'vary', 'bypass' or 'ignore', got {cookie_policy!r}")
         if not 0 <= heuristic_fraction <= 1:

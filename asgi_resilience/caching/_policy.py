@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from asgi_resilience._durations import seconds
 from asgi_resilience.errors import ConfigurationError
 
 __all__ = [
@@ -183,11 +184,6 @@ def _field_names(values: Iterable[bytes]) -> list[bytes]:
 # --- rules ----------------------------------------------------------------------------------------------
 
 
-def _check_seconds(name: str, value: float | None) -> None:
-    if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
-        raise ConfigurationError(f"{name} must be a finite number of seconds >= 0 or None, got {value!r}")
-
-
 def _compile_glob(pattern: str) -> re.Pattern[str]:
     if not pattern.startswith("/") and pattern != "*":
         raise ConfigurationError(f"a CacheRule path must start with '/' (or be '*'), got {pattern!r}")
@@ -219,9 +215,10 @@ class CacheRule:
     def __post_init__(self) -> None:
         if not isinstance(self.path, str):
             raise ConfigurationError(f"CacheRule path must be a string such as '/products/*', got {self.path!r}")
-        _check_seconds("ttl", self.ttl)
-        _check_seconds("stale_while_revalidate", self.stale_while_revalidate)
-        _check_seconds("stale_if_error", self.stale_if_error)
+        for name in ("ttl", "stale_while_revalidate", "stale_if_error"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, seconds(value, name, allow_zero=True))
         tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
         for tag in tags:
             if not isinstance(tag, str) or not tag or any(c.isspace() or c == "," for c in tag):

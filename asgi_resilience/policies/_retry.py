@@ -203,7 +203,7 @@ class RetryPolicy:
         if self.idempotency_header is not None:
             object.__setattr__(self, "idempotency_header", self.idempotency_header.lower())
         for name in ("backoff_initial", "backoff_max", "retry_after_max"):
-            object.__setattr__(self, name, seconds(getattr(self, name), f"RetryPolicy {name}"))
+            object.__setattr__(self, name, seconds(getattr(self, name), f"RetryPolicy {name}", allow_zero=True))
         if not isinstance(self.backoff_multiplier, (int, float)) or not 1 <= self.backoff_multiplier < math.inf:
             raise ConfigurationError(f"RetryPolicy backoff_multiplier must be >= 1, got {self.backoff_multiplier!r}")
         if self.jitter not in ("full", "none"):

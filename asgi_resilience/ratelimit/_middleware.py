@@ -10,6 +10,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -17,6 +18,7 @@ from starlette.requests import HTTPConnection
 
 from asgi_resilience._asgi import SendTracker, append_headers, get_header, mark_arrival, send_error
 from asgi_resilience._clock import Clock
+from asgi_resilience._durations import seconds
 from asgi_resilience._proxy import TrustedProxies, network_key
 from asgi_resilience._redis import CONNECT_BUDGET
 from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
@@ -137,8 +139,8 @@ class RateLimitMiddleware:
         exempt: Sequence[str] | str | Callable[[Any], bool | Awaitable[bool]] | None = None,
         trusted_proxies: Sequence[str] | int | TrustedProxies | None = None,
         on_store_error: StoreErrorMode = "open",
-        store_timeout: float = 0.05,
-        store_cooldown: float = 1.0,
+        store_timeout: float | timedelta = 0.05,
+        store_cooldown: float | timedelta = 1.0,
         shadow: bool = False,
         headers: HeaderMode | None = "draft-10",
         ipv6_prefix: int = 64,
@@ -162,12 +164,8 @@ class RateLimitMiddleware:
         if on_store_error not in ("open", "closed", "local"):
             raise ConfigurationError(f"on_store_error must be 'open', 'closed' or 'local', got {on_store_error!r}")
         self.on_store_error = on_store_error
-        if not (isinstance(store_timeout, (int, float)) and 0 < store_timeout <= 60):
-            raise ConfigurationError(f"store_timeout must be seconds in (0, 60], got {store_timeout!r}")
-        if not (isinstance(store_cooldown, (int, float)) and 0 <= store_cooldown <= _MAX_COOLDOWN):
-            raise ConfigurationError(f"store_cooldown must be seconds in [0, 30], got {store_cooldown!r}")
-        self.store_timeout = float(store_timeout)
-        self.store_cooldown = float(store_cooldown)
+        self.store_timeout = seconds(store_timeout, "store_timeout", maximum=60)
+        self.store_cooldown = seconds(store_cooldown, "store_cooldown", allow_zero=True, maximum=_MAX_COOLDOWN)
         if headers not in ("draft-10", "legacy", "both", None, False):
             raise ConfigurationError(f"headers must be 'draft-10', 'legacy', 'both' or None, got {headers!r}")
         self._draft_headers = headers in ("draft-10", "both")

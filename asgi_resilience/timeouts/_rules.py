@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Generic, TypeVar
 
+from asgi_resilience._durations import seconds
 from asgi_resilience._routing import mark_endpoint
 from asgi_resilience.errors import ConfigurationError
 
@@ -16,19 +16,6 @@ __all__ = ["PathRules", "TimeoutMark", "seconds", "timeout"]
 
 T = TypeVar("T")
 V = TypeVar("V")
-
-
-def seconds(value: float | timedelta, name: str, *, allow_zero: bool = False) -> float:
-    """``value`` as a finite number of seconds (> 0, or >= 0 with ``allow_zero``), else ConfigurationError."""
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds or a timedelta, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
-    return value
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
