@@ -99,8 +99,8 @@ class RateLimitOptions(TypedDict, total=False):
     exempt: Sequence[str] | str | Callable[[Any], bool | Awaitable[bool]] | None
     trusted_proxies: Sequence[str] | int | TrustedProxies | None
     on_store_error: StoreErrorMode
-    store_timeout: float
-    store_cooldown: float
+    store_timeout: float | timedelta
+    store_cooldown: float | timedelta
     shadow: bool
     headers: HeaderMode | None
     ipv6_prefix: int
