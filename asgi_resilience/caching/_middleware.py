@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from asgi_resilience._clock import Clock
 from asgi_resilience._durations import seconds
 from asgi_resilience._routing import EndpointOptions, mark_endpoint
 from asgi_resilience.caching._cache import Cache
+from asgi_resilience.caching._headers import content_length
 from asgi_resilience.caching._policy import (
     CacheRule,
     CookiePolicy,
@@ -52,6 +54,8 @@ logger = logging.getLogger("asgi_resilience.cache")
 F = TypeVar("F")
 _SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
 _STRIPPED_FROM_CLIENT = frozenset({b"surrogate-key", b"cache-tag"})
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_RANGE_FIELDS = frozenset({b"range", b"if-range"})
 _BYPASS = cache_status(fwd="bypass")
 
 
@@ -150,6 +154,8 @@ class CacheMiddleware:
         normalize_query: bool = True,
         lock_timeout: float = 5.0,
         heuristic_fraction: float = 0.1,
+        targeted_fields: Sequence[str] = ("CDN-Cache-Control",),
+        strip_targeted_fields: bool = False,
         clock: Clock | None = None,
         telemetry: Telemetry | bool = True,
     ) -> None:
@@ -163,6 +169,13 @@ class CacheMiddleware:
             raise ConfigurationError(f"cookie_policy must be 'vary', 'bypass' or 'ignore', got {cookie_policy!r}")
         if not 0 <= heuristic_fraction <= 1:
             raise ConfigurationError(f"heuristic_fraction must be within [0, 1], got {heuristic_fraction!r}")
+        if isinstance(targeted_fields, str):
+            targeted_fields = (targeted_fields,)
+        for name in targeted_fields:
+            if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+                raise ConfigurationError(
+                    f"targeted_fields must be HTTP field names such as 'CDN-Cache-Control', got {name!r}"
+                )
         rules = list(rules)
         for rule in rules:
             if not isinstance(rule, CacheRule):
@@ -192,6 +205,11 @@ class CacheMiddleware:
         self.normalize_query = normalize_query
         self.lock_timeout = float(lock_timeout)
         self.heuristic_fraction = float(heuristic_fraction)
+        self.targeted_fields = tuple(name.lower() for name in targeted_fields)
+        self._targeted = tuple(name.encode("ascii") for name in self.targeted_fields)
+        # fields the client never sees: tags always, targeted fields when an origin shield consumes them
+        self._hidden = _STRIPPED_FROM_CLIENT | (frozenset(self._targeted) if strip_targeted_fields else frozenset())
+        self._hide_on_hit = frozenset(self._targeted) if strip_targeted_fields else frozenset()
         self._endpoints = EndpointOptions("cache", app)
         self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
@@ -404,7 +422,10 @@ class CacheMiddleware:
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        await send({"type": "http.response.start", "status": entry.status, "headers": [*entry.headers, *extra]})
+        stored = (
+            entry.headers if not self._hide_on_hit else [(k, v) for k, v in entry.headers if k not in self._hide_on_hit]
+        )
+        await send({"type": "http.response.start", "status": entry.status, "headers": [*stored, *extra]})
         await send({"type": "http.response.body", "body": b"" if req.method == "HEAD" else entry.body})
 
     # --- forwarding to the app -------------------------------------------------------------------------
@@ -640,18 +661,19 @@ class CacheMiddleware:
                         default_swr=self.default_swr,
                         default_sie=self.default_sie,
                         heuristic_fraction=self.heuristic_fraction,
+                        targeted=self._targeted,
                     )
                 will_store = decision is not None and decision.store
                 if decision is not None and not decision.store and logger.isEnabledFor(logging.DEBUG):
                     logger.debug("response to %s not stored: %s", req.index, decision.reason)
-                length = _content_length(upstream_headers)
+                length = content_length(upstream_headers)
                 if will_store and length is not None and length > self.max_body_size:
                     will_store = False
                 if will_store:
                     capture = []
                     rule_tags = req.rule.tags if req.rule is not None else ()
                     tags = tuple(dict.fromkeys([*rule_tags, *response_tags(upstream_headers)]))
-                out = [(k, v) for k, v in upstream_headers if k not in _STRIPPED_FROM_CLIENT]
+                out = _client_headers(upstream_headers, self._hidden)
                 out.append((b"cache-status", cache_status(fwd=fwd, fwd_status=None, stored=will_store)))
                 if not silent:  # a server span may end with the response, before the miss is counted
                     self._telemetry.span_attributes({"asgi_resilience.cache.result": "miss"})
@@ -697,7 +719,9 @@ class CacheMiddleware:
                 return
             raise
         if mode == "update" and stale is not None:
-            updated = update_from_304(stale, upstream_headers, request_time, response_time, req.rule)
+            updated = update_from_304(
+                stale, upstream_headers, request_time, response_time, req.rule, targeted=self._targeted
+            )
             count("hit")
             await self._serve(req, send, updated, hit=True, fwd="stale", fwd_status=304)
             if flight is not None:
@@ -730,8 +754,11 @@ class CacheMiddleware:
         response_time: float,
     ) -> Entry:
         body = b"".join(capture)
-        if _content_length(headers) is None and status not in (204, 304) and status >= 200:
-            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        # the stored length is the length of the stored body, whatever the app declared (a
+        # Content-Length next to Transfer-Encoding is not to be trusted, RFC 9112 section 6.3)
+        headers = [(k, v) for k, v in headers if k != b"content-length"]
+        if status not in (204, 304) and status >= 200:
+            headers.append((b"content-length", str(len(body)).encode()))
         return build_entry(
             decision,
             status=status,
@@ -780,11 +807,15 @@ def _host(scope: Scope) -> str:
     return ""
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for key, value in headers:
-        if key == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+def _client_headers(headers: list[tuple[bytes, bytes]], hidden: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    """The app's response fields as the client gets them on a miss.
+
+    ``Transfer-Encoding`` is hop-by-hop: the server in front of us frames the body itself, and a
+    ``Content-Length`` sent next to it cannot be trusted (RFC 9112 section 6.3), so both go.
+    """
+    chunked = any(k == b"transfer-encoding" for k, _ in headers)
+    drop = hidden | _FRAMING if chunked else hidden
+    return [(k, v) for k, v in headers if k not in drop]
+
+
+_FRAMING = frozenset({b"transfer-encoding", b"content-length"})

@@ -19,13 +19,23 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from asgi_resilience._durations import seconds
+from asgi_resilience.caching._headers import (
+    MAX_SECONDS,
+    delta_seconds,
+    field_names,
+    header,
+    headers_all,
+    parse_age,
+    parse_cache_control,
+    parse_http_date,
+    parse_targeted,
+)
 from asgi_resilience.errors import ConfigurationError
 
 __all__ = [
@@ -53,6 +63,7 @@ __all__ = [
 ]
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
+Directives = dict[str, "str | None"]
 CookiePolicy = Literal["vary", "bypass", "ignore"]
 
 # RFC 9110 section 15.1: statuses that are heuristically cacheable.
@@ -85,100 +96,6 @@ _NOT_MODIFIED_FIELDS = frozenset(
 )
 # RFC 9111 section 3.2: fields a 304 must not replace in the stored response.
 _KEEP_ON_UPDATE = frozenset({b"content-length", b"content-encoding", b"content-type", b"content-range"})
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_MAX_SECONDS = 10 * 365 * 86400.0
-
-
-# --- parsing ------------------------------------------------------------------------------------------
-
-
-def parse_cache_control(values: Iterable[bytes]) -> dict[str, str | None]:
-    """Directives of every ``Cache-Control`` field value, names lower-cased, first occurrence wins.
-
-    Quoted values keep their content (``no-cache="set-cookie"`` -> ``"set-cookie"``); malformed
-    pieces are skipped rather than failing the request.
-    """
-    out: dict[str, str | None] = {}
-    for raw in values:
-        text = raw.decode("latin-1")
-        for part in _split_commas(text):
-            name, sep, value = part.partition("=")
-            name = name.strip().lower()
-            if not name or not _TOKEN.fullmatch(name.encode("latin-1")):
-                continue
-            if name in out:
-                continue
-            if not sep:
-                out[name] = None
-            else:
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                out[name] = value
-    return out
-
-
-def _split_commas(text: str) -> list[str]:
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
-
-
-def _seconds(directives: Mapping[str, str | None], name: str) -> float | None:
-    """A delta-seconds directive; present but invalid counts as 0 (RFC 9111 section 1.2.2)."""
-    if name not in directives:
-        return None
-    value = directives[name]
-    if value is None or not value.isdigit():
-        return 0.0
-    return min(float(int(value)), _MAX_SECONDS)
-
-
-def parse_http_date(value: bytes | None) -> float | None:
-    """An HTTP-date as a POSIX timestamp, or None when absent or unparseable."""
-    if value is None:
-        return None
-    try:
-        parsed = parsedate_to_datetime(value.decode("latin-1").strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed.tzinfo is None:
-        return None  # RFC 9110 dates are always GMT; a naive one is not an HTTP-date
-    try:
-        return parsed.timestamp()
-    except (OverflowError, OSError, ValueError):  # pragma: no cover - platform limits
-        return None
-
-
-def _header(headers: RawHeaders, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def _headers_all(headers: RawHeaders, name: bytes) -> list[bytes]:
-    return [value for key, value in headers if key.lower() == name]
-
-
-def _field_names(values: Iterable[bytes]) -> list[bytes]:
-    names: list[bytes] = []
-    for raw in values:
-        for piece in raw.split(b","):
-            piece = piece.strip().lower()
-            if piece and piece not in names:
-                names.append(piece)
-    return names
 
 
 # --- rules ----------------------------------------------------------------------------------------------
@@ -251,9 +168,9 @@ _DEFAULT_REQUEST = RequestDirectives()
 
 
 def request_directives(headers: RawHeaders) -> RequestDirectives:
-    values = _headers_all(headers, b"cache-control")
+    values = headers_all(headers, b"cache-control")
     if not values:
-        pragma = _header(headers, b"pragma")
+        pragma = header(headers, b"pragma")
         if pragma is not None and b"no-cache" in pragma.lower():
             return RequestDirectives(no_cache=True)
         return _DEFAULT_REQUEST
@@ -261,14 +178,14 @@ def request_directives(headers: RawHeaders) -> RequestDirectives:
     max_stale: float | None = None
     if "max-stale" in cc:
         raw = cc["max-stale"]
-        max_stale = math.inf if raw is None else (_seconds(cc, "max-stale") or 0.0)
-    max_age = _seconds(cc, "max-age")
+        max_stale = math.inf if raw is None else (delta_seconds(cc, "max-stale") or 0.0)
+    max_age = delta_seconds(cc, "max-age")
     return RequestDirectives(
         no_store="no-store" in cc,
         no_cache="no-cache" in cc or max_age == 0.0,
         max_age=max_age,
         max_stale=max_stale,
-        min_fresh=_seconds(cc, "min-fresh"),
+        min_fresh=delta_seconds(cc, "min-fresh"),
         only_if_cached="only-if-cached" in cc,
     )
 
@@ -314,7 +231,7 @@ def vary_values(names: Sequence[bytes], headers: RawHeaders) -> tuple[tuple[byte
     """
     out = []
     for name in names:
-        values = _headers_all(headers, name)
+        values = headers_all(headers, name)
         value = _normalize_value(b",".join(values)) if values else b"\x00absent"
         out.append((name, hashlib.blake2b(value, digest_size=12).digest()))
     return tuple(out)
@@ -362,7 +279,7 @@ class Entry:
         """How long the backend keeps the entry: fresh time plus stale grace and a revalidation window."""
         validator = (self.etag and not self.etag_generated) or self.last_modified
         keep = max(self.lifetime, 60.0) if validator else 60.0  # room for max-stale and revalidation
-        return max(1.0, min(self.lifetime + max(self.swr, self.sie, keep) - self.initial_age, _MAX_SECONDS))
+        return max(1.0, min(self.lifetime + max(self.swr, self.sie, keep) - self.initial_age, MAX_SECONDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +334,24 @@ def _refuse(reason: str) -> StoreDecision:
     return StoreDecision(False, reason)
 
 
+DEFAULT_TARGETED = (b"cdn-cache-control",)
+
+
+def response_directives(headers: RawHeaders, targeted: Sequence[bytes] = DEFAULT_TARGETED) -> tuple[Directives, bool]:
+    """The directives this cache obeys, and whether ``Expires`` still counts.
+
+    RFC 9213 section 2.2: the first targeted field (in ``targeted`` order) with a valid, non-empty
+    value wins, and then ``Cache-Control`` and ``Expires`` are ignored; otherwise ``Cache-Control``.
+    """
+    for name in targeted:
+        values = headers_all(headers, name)
+        if values:
+            directives = parse_targeted(values)
+            if directives is not None:
+                return directives, False
+    return parse_cache_control(headers_all(headers, b"cache-control")), True
+
+
 def decide_store(
     *,
     method: str,
@@ -430,59 +365,68 @@ def decide_store(
     default_sie: float,
     heuristic_fraction: float = 0.1,
     max_heuristic: float = 86400.0,
+    targeted: Sequence[bytes] = DEFAULT_TARGETED,
 ) -> StoreDecision:
-    """RFC 9111 section 3 for a shared cache, plus the rule's defaults."""
+    """RFC 9111 section 3 for a shared cache, plus the rule's defaults.
+
+    ``targeted``: lower-case names of targeted cache-control fields (RFC 9213), most specific
+    first; the first one present with a valid, non-empty value replaces ``Cache-Control`` and
+    ``Expires`` for this cache.
+    """
     if method != "GET":
         return _refuse("method")
     if status < 200 or status == 206 or status == 304 or status not in UNDERSTOOD_STATUSES:
         return _refuse("status")
-    cc = parse_cache_control(_headers_all(headers, b"cache-control"))
+    cc, use_expires = response_directives(headers, targeted)
     if "no-store" in cc:
         return _refuse("no-store")
     strip: set[bytes] = set()
     if "private" in cc:
         if cc["private"] is None:
             return _refuse("private")
-        strip.update(_field_names([cc["private"].encode("latin-1")]))
+        strip.update(field_names([cc["private"].encode("latin-1")]))
     if "no-cache" in cc and cc["no-cache"] is not None:
-        strip.update(_field_names([cc["no-cache"].encode("latin-1")]))
+        strip.update(field_names([cc["no-cache"].encode("latin-1")]))
     shares_auth = "public" in cc or "s-maxage" in cc or "must-revalidate" in cc
     if has_authorization and not shares_auth:
         return _refuse("authorization")
-    if _header(headers, b"set-cookie") is not None and b"set-cookie" not in strip:
+    if header(headers, b"set-cookie") is not None and b"set-cookie" not in strip:
         if rule is None or not rule.allow_set_cookie:
             return _refuse("set-cookie")
-    vary = _field_names(_headers_all(headers, b"vary"))
+    vary = field_names(headers_all(headers, b"vary"))
     if b"*" in vary:
         return _refuse("vary-star")
     if rule is not None:
         vary.extend(v.encode("latin-1") for v in rule.vary if v.encode("latin-1") not in vary)
-    strip.update(_field_names(_headers_all(headers, b"connection")))
+    strip.update(field_names(headers_all(headers, b"connection")))
 
-    lifetime: float | None = _seconds(cc, "s-maxage")
+    lifetime: float | None = delta_seconds(cc, "s-maxage")
     if lifetime is None:
-        lifetime = _seconds(cc, "max-age")
-    date = parse_http_date(_header(headers, b"date"))
-    if lifetime is None:
-        expires_raw = _header(headers, b"expires")
-        if expires_raw is not None:
-            expires = parse_http_date(expires_raw)
+        lifetime = delta_seconds(cc, "max-age")
+    date = parse_http_date(header(headers, b"date"))
+    if lifetime is None and use_expires:
+        expires_raw = headers_all(headers, b"expires")
+        if expires_raw:
+            # an invalid Expires, or several of them, means "already expired" (RFC 9111 section 5.3)
+            expires = parse_http_date(expires_raw[0]) if len(expires_raw) == 1 else None
             lifetime = 0.0 if expires is None else max(0.0, expires - (date if date is not None else response_time))
     if lifetime is None and rule is not None and rule.ttl is not None and status in HEURISTIC_STATUSES:
         lifetime = float(rule.ttl)
     if lifetime is None and (status in HEURISTIC_STATUSES or "public" in cc):
-        last_modified = parse_http_date(_header(headers, b"last-modified"))
+        last_modified = parse_http_date(header(headers, b"last-modified"))
         if last_modified is not None:
             base = date if date is not None else response_time
             lifetime = min(max(0.0, (base - last_modified) * heuristic_fraction), max_heuristic)
     if "no-cache" in cc and cc["no-cache"] is None:
         lifetime = 0.0
-    has_validator = _header(headers, b"etag") is not None or _header(headers, b"last-modified") is not None
+    if not parse_age(headers)[1]:
+        lifetime = 0.0  # an Age that is not a non-negative integer: treat the response as stale
+    has_validator = header(headers, b"etag") is not None or header(headers, b"last-modified") is not None
     if not lifetime and not ("no-cache" in cc and cc["no-cache"] is None and has_validator):
         return _refuse("not-fresh")
     must_revalidate = "must-revalidate" in cc or "proxy-revalidate" in cc or "no-cache" in cc
-    swr = _seconds(cc, "stale-while-revalidate")
-    sie = _seconds(cc, "stale-if-error")
+    swr = delta_seconds(cc, "stale-while-revalidate")
+    sie = delta_seconds(cc, "stale-if-error")
     if "s-maxage" in cc and swr is None and sie is None:
         # s-maxage implies proxy-revalidate (RFC 9111 5.2.2.10) unless the origin itself allows stale use
         must_revalidate = True
@@ -506,12 +450,9 @@ def decide_store(
 
 def initial_age(headers: RawHeaders, request_time: float, response_time: float) -> float:
     """``corrected_initial_age`` (RFC 9111 section 4.2.3)."""
-    date = parse_http_date(_header(headers, b"date"))
+    date = parse_http_date(header(headers, b"date"))
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
-    age_raw = _header(headers, b"age")
-    age_value = 0.0
-    if age_raw is not None and age_raw.strip().isdigit():
-        age_value = min(float(int(age_raw.strip())), _MAX_SECONDS)
+    age_value = parse_age(headers)[0]
     corrected_age_value = age_value + max(0.0, response_time - request_time)
     return max(apparent_age, corrected_age_value)
 
@@ -536,7 +477,7 @@ def build_entry(
     kept = tuple(
         (k.lower(), v) for k, v in headers if k.lower() not in _NEVER_STORED and k.lower() not in decision.strip
     )
-    etag = _header(kept, b"etag")
+    etag = header(kept, b"etag")
     generated = etag is None
     if etag is None:
         etag = strong_etag(body)
@@ -555,7 +496,7 @@ def build_entry(
         shared_auth=decision.shared_auth,
         etag=etag,
         etag_generated=generated,
-        last_modified=_header(kept, b"last-modified"),
+        last_modified=header(kept, b"last-modified"),
         vary=vary,
         tags=tags,
         index=index,
@@ -565,9 +506,9 @@ def build_entry(
 def response_tags(headers: RawHeaders) -> list[str]:
     """Tags from ``Surrogate-Key`` (space separated) and ``Cache-Tag`` (comma separated)."""
     tags: list[str] = []
-    for raw in _headers_all(headers, b"surrogate-key"):
+    for raw in headers_all(headers, b"surrogate-key"):
         tags.extend(t for t in raw.decode("latin-1").split() if t)
-    for raw in _headers_all(headers, b"cache-tag"):
+    for raw in headers_all(headers, b"cache-tag"):
         tags.extend(t.strip() for t in raw.decode("latin-1").split(",") if t.strip())
     return tags
 
@@ -588,15 +529,15 @@ def client_conditional_matches(request_headers: RawHeaders, entry: Entry) -> boo
     """Whether a fresh entry answers the client's GET/HEAD conditional with 304 (RFC 9110 13.2.2)."""
     if entry.status != 200:
         return False
-    inm = _header(request_headers, b"if-none-match")
+    inm = header(request_headers, b"if-none-match")
     if inm is not None:
         return entry.etag is not None and _weak_match(entry.etag, inm)
-    ims = parse_http_date(_header(request_headers, b"if-modified-since"))
+    ims = parse_http_date(header(request_headers, b"if-modified-since"))
     if ims is None:
         return False
     last_modified = parse_http_date(entry.last_modified)
     if last_modified is None:
-        last_modified = parse_http_date(_header(entry.headers, b"date"))
+        last_modified = parse_http_date(header(entry.headers, b"date"))
     return last_modified is not None and last_modified <= ims
 
 
@@ -621,7 +562,13 @@ def revalidation_headers(request_headers: RawHeaders, entry: Entry) -> tuple[lis
 
 
 def update_from_304(
-    entry: Entry, headers: RawHeaders, request_time: float, response_time: float, rule: CacheRule | None = None
+    entry: Entry,
+    headers: RawHeaders,
+    request_time: float,
+    response_time: float,
+    rule: CacheRule | None = None,
+    *,
+    targeted: Sequence[bytes] = DEFAULT_TARGETED,
 ) -> Entry:
     """The stored entry refreshed by a 304 from the app (RFC 9111 sections 3.2 and 4.3.4)."""
     fresh = {k.lower() for k, _ in headers} - _KEEP_ON_UPDATE - _NEVER_STORED
@@ -638,16 +585,18 @@ def update_from_304(
         rule=rule,
         default_swr=entry.swr,
         default_sie=entry.sie,
+        targeted=targeted,
     )
+    fresh_enough = decision.store and parse_age(headers)[1]
     return replace(
         entry,
         headers=combined,
         request_time=request_time,
         response_time=response_time,
         initial_age=initial_age(headers, request_time, response_time),
-        lifetime=decision.lifetime if decision.store else 0.0,
-        etag=_header(combined, b"etag"),
-        last_modified=_header(combined, b"last-modified"),
+        lifetime=decision.lifetime if fresh_enough else 0.0,
+        etag=header(combined, b"etag"),
+        last_modified=header(combined, b"last-modified"),
         invalidated=False,
     )
 
@@ -659,7 +608,7 @@ def invalidation_targets(host: str, path: str, query: str, response_headers: Raw
     """Indexes to invalidate after an unsafe request succeeded (RFC 9111 section 4.4)."""
     targets = [index_of(path, query)]
     for name in (b"location", b"content-location"):
-        raw = _header(response_headers, name)
+        raw = header(response_headers, name)
         if raw is None:
             continue
         try:
