@@ -123,6 +123,8 @@ class CacheOptions(TypedDict, total=False):
     normalize_query: bool
     lock_timeout: float
     heuristic_fraction: float
+    targeted_fields: Sequence[str]
+    strip_targeted_fields: bool
     clock: Clock | None
 
 
