@@ -136,6 +136,7 @@ def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
                 pool.submit(asyncio.run, serve_some_requests(telemetry)).result(timeout=30)
             page.wait_for_selector('#rate-limit tr[data-rule="2/minute"]', timeout=3000)
             page.wait_for_selector("#cache-hit-ratio:text-matches('^[0-9]+%$')", timeout=3000)
+            page.wait_for_selector("#cache-bytes:text-matches('MiB in memory$')", timeout=3000)
             page.wait_for_selector('#concurrency tr[data-partition="default"]', timeout=3000)
 
             # Playwright's sync API owns this thread's event loop: drive the client from another thread.

@@ -24,6 +24,10 @@ __all__ = ["Cache"]
 
 logger = logging.getLogger("asgi_resilience.cache")
 T = TypeVar("T")
+MAX_BYTES = 32 * 1024 * 1024
+"""Default byte budget of the memory backend (per process)."""
+L1_MAX_BYTES = 8 * 1024 * 1024
+"""Default byte budget of the L1 in front of a shared backend (per process)."""
 _BACKOFF = 1.0  # seconds the backend is skipped after a failure, so an outage costs one timeout per second
 
 
@@ -41,8 +45,12 @@ class Cache:
     ``backend``: ``"memory://"`` (in process), a ``redis://`` / ``rediss://`` / ``unix://`` URL or a
     ``redis.asyncio.Redis`` client, or an ``aiocache`` cache instance (``aiocache<1``).
     ``l1_entries``: size of an in-process LRU in front of a shared backend (0 = off); other processes'
-    purges reach it through Redis pub/sub. ``backend_timeout``: seconds before a backend call counts as
-    failed; failures are logged, counted and answered as a miss. ``clock``: wall-clock seconds
+    purges reach it through Redis pub/sub. ``max_entries`` / ``max_bytes``: bounds of the memory
+    backend (default 10,000 values and 32 MiB); ``l1_max_bytes``: byte bound of the L1 (default 8 MiB).
+    Both evict the least recently used values first; bytes are counted from what is stored (body,
+    header fields, key and a fixed overhead per value), not from the process RSS.
+    ``backend_timeout``: seconds before a backend call counts as failed; failures are logged, counted
+    and answered as a miss. ``clock``: wall-clock seconds
     (stored entries are compared with ``Date`` headers and shared between processes).
 
     ``await cache.purge(url)``, ``await cache.purge_tags(*tags, soft=False)``, ``await cache.clear()``.
@@ -54,6 +62,8 @@ class Cache:
         *,
         l1_entries: int = 0,
         max_entries: int = 10_000,
+        max_bytes: int = MAX_BYTES,
+        l1_max_bytes: int = L1_MAX_BYTES,
         backend_timeout: float = 0.25,
         namespace: str = "asgi-resilience:cache",
         clock: Clock = time.time,
@@ -63,15 +73,20 @@ class Cache:
             raise ConfigurationError(f"l1_entries must be an int >= 0 (0 turns the L1 off), got {l1_entries!r}")
         if not isinstance(max_entries, int) or max_entries < 1:
             raise ConfigurationError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        for name, value in (("max_bytes", max_bytes), ("l1_max_bytes", l1_max_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(f"{name} must be an int >= 1 (bytes), got {value!r}")
         if not isinstance(backend_timeout, (int, float)) or not 0 < backend_timeout <= 60:
             raise ConfigurationError(f"backend_timeout must be seconds in (0, 60], got {backend_timeout!r}")
         if not namespace or not isinstance(namespace, str):
             raise ConfigurationError("namespace must be a non-empty string")
         self.clock = clock
         self.backend_timeout = float(backend_timeout)
+        self._telemetry = resolve_telemetry(telemetry)
+        usage = self._telemetry.instrument("asgi_resilience.cache.memory.usage")
         l2: Store
         if isinstance(backend, str) and backend.startswith("memory://"):
-            l2 = MemoryStore(max_entries=max_entries, clock=clock)
+            l2 = MemoryStore(max_entries=max_entries, max_bytes=max_bytes, clock=clock, usage=usage)
         elif is_redis_url(backend) or _is_redis_client(backend):
             client = redis_client(backend, socket_timeout=max(backend_timeout, 0.5))
             l2 = RedisStore(client, namespace=namespace, owns_client=isinstance(backend, str))
@@ -86,9 +101,8 @@ class Cache:
         self.memory: MemoryStore | None = l2 if isinstance(l2, MemoryStore) else None
         self.l1: L1Store | None = None
         if l1_entries and self.memory is None:
-            self.l1 = L1Store(l2, max_entries=l1_entries, clock=clock)
+            self.l1 = L1Store(l2, max_entries=l1_entries, max_bytes=l1_max_bytes, clock=clock, usage=usage)
             self.store = self.l1
-        self._telemetry = resolve_telemetry(telemetry)
         self._errors = self._telemetry.instrument("asgi_resilience.cache.errors")
         self._down_until = float("-inf")
         self._connected = False  # a backend call succeeded since the start or the last failure
@@ -219,7 +233,11 @@ class Cache:
         return {
             "backend": self.store.name,
             "memory_entries": len(self.memory) if self.memory is not None else None,
+            "memory_bytes": self.memory.bytes if self.memory is not None else None,
+            "memory_max_bytes": self.memory.lru.max_bytes if self.memory is not None else None,
             "l1_entries": len(self.l1) if self.l1 is not None else None,
+            "l1_bytes": self.l1.bytes if self.l1 is not None else None,
+            "l1_max_bytes": self.l1.lru.max_bytes if self.l1 is not None else None,
             "backend_down": self.clock() < self._down_until,
         }
 

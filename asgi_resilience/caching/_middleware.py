@@ -17,7 +17,7 @@ from asgi_resilience._asgi import get_header, mark_arrival, send_problem
 from asgi_resilience._clock import Clock
 from asgi_resilience._durations import seconds
 from asgi_resilience._routing import EndpointOptions, mark_endpoint
-from asgi_resilience.caching._cache import Cache
+from asgi_resilience.caching._cache import L1_MAX_BYTES, MAX_BYTES, Cache
 from asgi_resilience.caching._headers import content_length
 from asgi_resilience.caching._policy import (
     CacheRule,
@@ -130,7 +130,8 @@ class CacheMiddleware:
     ``app.add_middleware(CacheMiddleware, backend="redis://localhost:6379/0", l1_entries=10_000)``
 
     Options (keyword-only): ``cache`` (a shared :class:`Cache`; otherwise one is built from
-    ``backend``, ``l1_entries``, ``backend_timeout``), ``max_body_size`` (larger responses stream
+    ``backend``, ``l1_entries``, ``max_entries``, ``max_bytes``, ``l1_max_bytes``, ``backend_timeout``),
+    ``max_body_size`` (larger responses stream
     through unstored), ``rules`` (:class:`CacheRule` per path pattern, first match wins),
     ``stale_while_revalidate`` / ``stale_if_error`` (grace seconds when the app sends neither),
     ``cookie_policy`` (``"vary"``: requests with a Cookie get their own entries; ``"bypass"``: they
@@ -146,6 +147,9 @@ class CacheMiddleware:
         backend: str | Any = "memory://",
         max_body_size: int = 1_048_576,
         l1_entries: int = 0,
+        max_entries: int = 10_000,
+        max_bytes: int = MAX_BYTES,
+        l1_max_bytes: int = L1_MAX_BYTES,
         rules: Sequence[CacheRule] = (),
         stale_while_revalidate: float = 0.0,
         stale_if_error: float = 0.0,
@@ -183,14 +187,25 @@ class CacheMiddleware:
         if cache is not None:
             if not isinstance(cache, Cache):
                 raise ConfigurationError(f"cache must be a Cache instance, got {cache!r}")
-            if backend != "memory://" or l1_entries:
-                raise ConfigurationError("pass either cache= or backend=/l1_entries=, not both")
+            if (backend, l1_entries, max_entries, max_bytes, l1_max_bytes) != (
+                "memory://",
+                0,
+                10_000,
+                MAX_BYTES,
+                L1_MAX_BYTES,
+            ):
+                raise ConfigurationError(
+                    "pass either cache= or backend=/l1_entries=/max_entries=/max_bytes=/l1_max_bytes=, not both"
+                )
             self.cache = cache
             self._owns_cache = False
         else:
             self.cache = Cache(
                 backend,
                 l1_entries=l1_entries,
+                max_entries=max_entries,
+                max_bytes=max_bytes,
+                l1_max_bytes=l1_max_bytes,
                 backend_timeout=backend_timeout,
                 clock=clock if clock is not None else time.time,
                 telemetry=telemetry,

@@ -21,8 +21,19 @@ import msgpack
 
 from asgi_resilience._clock import Clock
 from asgi_resilience.caching._policy import Entry, VaryMarker
+from asgi_resilience.observability import Instrument
 
-__all__ = ["AiocacheStore", "L1Store", "MemoryStore", "RedisStore", "Store", "decode", "encode"]
+__all__ = [
+    "AiocacheStore",
+    "BoundedLRU",
+    "L1Store",
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "decode",
+    "encode",
+    "footprint",
+]
 
 logger = logging.getLogger("asgi_resilience.cache")
 Value = Entry | VaryMarker
@@ -105,6 +116,132 @@ def _soft(value: Value) -> Value:
 
         return replace(value, invalidated=True)
     return value
+
+
+# --- in-process LRU bounded by entries and bytes ------------------------------------------------------
+
+_VALUE_OVERHEAD = 400
+"""Approximate bytes of one stored value beyond its payload: the Entry object and its tuples, the LRU
+slot and the index bookkeeping of its key."""
+_FIELD_OVERHEAD = 120
+"""Approximate bytes of one header field beyond its name and value: a 2-tuple and two bytes objects."""
+
+
+def footprint(key: str, value: Value) -> int:
+    """Approximate bytes ``value`` stored under ``key`` holds in this process (payload plus overheads).
+
+    Counted from the sizes of what is stored, never from the process RSS: the body, every header
+    name and value, the Vary values, tags and the URL index, the key (twice: the LRU and the index),
+    and a fixed overhead per value and per header field.
+    """
+    size = _VALUE_OVERHEAD + 2 * len(key)
+    if isinstance(value, VaryMarker):
+        return size + len(value.nonce) + sum(len(n) + _FIELD_OVERHEAD for n in value.names)
+    size += len(value.body) + len(value.index) + len(value.etag or b"") + len(value.last_modified or b"")
+    size += sum(len(k) + len(v) + _FIELD_OVERHEAD for k, v in value.headers)
+    size += sum(len(k) + len(v) + _FIELD_OVERHEAD for k, v in value.vary)
+    size += sum(len(t) + _FIELD_OVERHEAD for t in value.tags)
+    return size
+
+
+class BoundedLRU:
+    """Values with an expiry time, evicted least recently used first beyond ``max_entries`` values or
+    ``max_bytes`` bytes (as :func:`footprint` counts them). A value larger than the whole byte budget
+    is not kept at all (it would evict everything else).
+
+    ``on_evict(key)`` is called for every key that leaves (evicted, expired, replaced is not a leave);
+    ``usage`` is an up-down counter that follows :attr:`bytes`.
+    """
+
+    __slots__ = ("_attrs", "_clock", "_data", "_on_evict", "_usage", "bytes", "max_bytes", "max_entries")
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        clock: Clock,
+        on_evict: Callable[[str], None] | None = None,
+        usage: Instrument | None = None,
+        tier: str = "memory",
+    ) -> None:
+        self._data: OrderedDict[str, tuple[Value, float, int]] = OrderedDict()
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._clock = clock
+        self._on_evict = on_evict
+        self._usage = usage
+        self._attrs = {"tier": tier}
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: str) -> Value | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] <= self._clock():
+            self.pop(key)
+            return None
+        self._data.move_to_end(key)
+        return item[0]
+
+    def put(self, key: str, value: Value, until: float) -> bool:
+        """Keep ``value`` until ``until``; False (and any older value dropped) if it alone exceeds the budget."""
+        size = footprint(key, value)
+        before = self.bytes
+        old = self._data.pop(key, None)
+        if old is not None:
+            self.bytes -= old[2]
+        if size > self.max_bytes:
+            if old is not None and self._on_evict is not None:
+                self._on_evict(key)
+            self._report(before)
+            return False
+        self._data[key] = (value, until, size)
+        self.bytes += size
+        data = self._data
+        while len(data) > self.max_entries or self.bytes > self.max_bytes:
+            oldest, (_, _, oldest_size) = data.popitem(last=False)
+            self.bytes -= oldest_size
+            if self._on_evict is not None:
+                self._on_evict(oldest)
+        self._report(before)
+        return True
+
+    def replace(self, key: str, value: Value) -> None:
+        """Swap the value of ``key`` in place (same expiry, same recency), e.g. to mark it stale."""
+        item = self._data.get(key)
+        if item is not None:
+            size = footprint(key, value)
+            before = self.bytes
+            self._data[key] = (value, item[1], size)
+            self.bytes += size - item[2]
+            self._report(before)
+
+    def pop(self, key: str) -> None:
+        item = self._data.pop(key, None)
+        if item is None:
+            return
+        before = self.bytes
+        self.bytes -= item[2]
+        if self._on_evict is not None:
+            self._on_evict(key)
+        self._report(before)
+
+    def clear(self) -> None:
+        before = self.bytes
+        self._data.clear()
+        self.bytes = 0
+        self._report(before)
+
+    def _report(self, before: int) -> None:
+        if self._usage is not None and self.bytes != before:
+            self._usage.add(self.bytes - before, self._attrs)
 
 
 class Store(ABC):
@@ -191,68 +328,59 @@ class _Indexes:
 
 
 class MemoryStore(Store):
-    """An in-process LRU of ``max_entries`` values; expired values are dropped when read."""
+    """An in-process LRU bounded by ``max_entries`` values and ``max_bytes`` bytes; expired values are
+    dropped when read."""
 
     name = "memory"
 
-    def __init__(self, *, max_entries: int = 10_000, clock: Clock) -> None:
-        self._data: OrderedDict[str, tuple[Value, float]] = OrderedDict()
-        self._max = max_entries
-        self._clock = clock
+    def __init__(self, *, max_entries: int, max_bytes: int, clock: Clock, usage: Instrument | None = None) -> None:
         self._idx = _Indexes()
+        self.lru = BoundedLRU(
+            max_entries=max_entries, max_bytes=max_bytes, clock=clock, on_evict=self._idx.forget, usage=usage
+        )
+        self._clock = clock
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.lru)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes the stored values hold (as :func:`footprint` counts them)."""
+        return self.lru.bytes
 
     def peek(self, key: str) -> Value | None:
         """Synchronous read: the memory backend never needs to await (the hot path uses this)."""
-        item = self._data.get(key)
-        if item is None:
-            return None
-        value, expires = item
-        if expires <= self._clock():
-            self._drop(key)
-            return None
-        self._data.move_to_end(key)
-        return value
+        return self.lru.get(key)
 
     async def get(self, key: str) -> Value | None:
-        return self.peek(key)
+        return self.lru.get(key)
 
     def put(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
-        self._data[key] = (value, self._clock() + ttl)
-        self._data.move_to_end(key)
-        self._idx.add(key, index, tags)
-        while len(self._data) > self._max:
-            oldest = next(iter(self._data))
-            self._drop(oldest)
+        if self.lru.put(key, value, self._clock() + ttl):
+            self._idx.add(key, index, tags)
 
     async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
         self.put(key, value, ttl, index=index, tags=tags)
 
-    def _drop(self, key: str) -> None:
-        self._data.pop(key, None)
-        self._idx.forget(key)
-
     async def purge_index(self, index: str) -> list[str]:
         keys = list(self._idx.by_index.get(index, ()))
         for key in keys:
-            self._drop(key)
+            self.lru.pop(key)
         return keys
 
     async def purge_tags(self, tags: Sequence[str], *, soft: bool) -> list[str]:
         keys = self._idx.keys_of_tags(tags)
         for key in keys:
             if soft:
-                item = self._data.get(key)
-                if item is not None:
-                    self._data[key] = (_soft(item[0]), item[1])
+                value = self.lru.get(key)
+                if value is not None:
+                    self.lru.replace(key, _soft(value))
             else:
-                self._drop(key)
+                self.lru.pop(key)
         return keys
 
     async def clear(self) -> None:
-        self._data.clear()
+        self.lru.clear()
         self._idx.clear()
 
 
@@ -464,30 +592,35 @@ class RedisStore(Store):
 
 
 class L1Store(Store):
-    """An in-process LRU in front of a shared store. An L1 value never outlives its freshness."""
+    """An in-process LRU in front of a shared store, bounded by entries and bytes. An L1 value never
+    outlives its freshness."""
 
-    def __init__(self, l2: Store, *, max_entries: int, clock: Clock, marker_ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        l2: Store,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        clock: Clock,
+        marker_ttl: float = 5.0,
+        usage: Instrument | None = None,
+    ) -> None:
         self.l2 = l2
         self.name = f"l1+{l2.name}"
         self.shared = l2.shared
-        self._l1: OrderedDict[str, tuple[Value, float]] = OrderedDict()
-        self._max = max_entries
+        self.lru = BoundedLRU(max_entries=max_entries, max_bytes=max_bytes, clock=clock, usage=usage, tier="l1")
         self._clock = clock
         self._marker_ttl = marker_ttl
 
     def __len__(self) -> int:
-        return len(self._l1)
+        return len(self.lru)
+
+    @property
+    def bytes(self) -> int:
+        return self.lru.bytes
 
     def peek(self, key: str) -> Value | None:
-        item = self._l1.get(key)
-        if item is None:
-            return None
-        value, until = item
-        if until <= self._clock():
-            del self._l1[key]
-            return None
-        self._l1.move_to_end(key)
-        return value
+        return self.lru.get(key)
 
     def _remember(self, key: str, value: Value) -> None:
         now = self._clock()
@@ -499,17 +632,14 @@ class L1Store(Store):
             until = now + (value.lifetime - value.initial_age - max(0.0, now - value.response_time))
             if until <= now:
                 return
-        self._l1[key] = (value, until)
-        self._l1.move_to_end(key)
-        while len(self._l1) > self._max:
-            self._l1.popitem(last=False)
+        self.lru.put(key, value, until)
 
     def invalidate(self, keys: Sequence[str]) -> None:
         if "*" in keys:
-            self._l1.clear()
+            self.lru.clear()
             return
         for key in keys:
-            self._l1.pop(key, None)
+            self.lru.pop(key)
 
     async def get(self, key: str) -> Value | None:
         found = self.peek(key)
@@ -521,7 +651,7 @@ class L1Store(Store):
         return value
 
     async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
-        self._l1.pop(key, None)
+        self.lru.pop(key)
         await self.l2.set(key, value, ttl, index=index, tags=tags)
         self._remember(key, value)
 
@@ -536,7 +666,7 @@ class L1Store(Store):
         return keys
 
     async def clear(self) -> None:
-        self._l1.clear()
+        self.lru.clear()
         await self.l2.clear()
 
     async def acquire_lease(self, key: str, ttl: float) -> str | None:

@@ -52,6 +52,14 @@ _SPECS = [
         ("operation",),
     ),
     MetricSpec(
+        "asgi_resilience.cache.memory.usage",
+        "up_down_counter",
+        "By",
+        "Bytes held by in-process cache stores, by tier (memory: the memory backend, l1: the L1 in front of "
+        "a shared backend); bounded by max_bytes / l1_max_bytes.",
+        ("tier",),
+    ),
+    MetricSpec(
         "asgi_resilience.timeouts",
         "counter",
         "{timeout}",
@@ -190,6 +198,8 @@ def prometheus_name(spec: MetricSpec) -> str:
     name = spec.name.replace(".", "_")
     if spec.unit == "s":
         name += "_seconds"
+    elif spec.unit == "By":
+        name += "_bytes"
     if spec.kind == "counter":
         name += "_total"
     return name

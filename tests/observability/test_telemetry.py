@@ -32,7 +32,7 @@ def collect(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, str]
 def test_metric_table_names_and_units_follow_conventions() -> None:
     for name, spec in METRICS.items():
         assert name.startswith("asgi_resilience.") and name == name.lower()
-        assert spec.unit == "s" or (spec.unit.startswith("{") and spec.unit.endswith("}"))
+        assert spec.unit in ("s", "By") or (spec.unit.startswith("{") and spec.unit.endswith("}"))  # UCUM
         for attribute in spec.attributes:
             assert attribute not in {"client", "ip", "path", "key", "url"}
 

@@ -87,6 +87,8 @@ def wrap_directly() -> ASGIApp:
     app: ASGIApp = ProblemDetailsMiddleware(raw_app, debug=False)
     app = RateLimitMiddleware(app, rules=[Rule("10/minute", shadow=True)], on_store_error="local")
     app = CacheMiddleware(app, cache=Cache("memory://"), max_body_size=1_048_576, l1_entries=0)
+    app = CacheMiddleware(app, backend="memory://", max_entries=5_000, max_bytes=64 * 1024 * 1024)
+    app = CacheMiddleware(app, cache=Cache("redis://localhost", l1_entries=1_000, l1_max_bytes=8 * 1024 * 1024))
     app = TimeoutMiddleware(app, timeout=timedelta(seconds=3), mode="complete", idle_timeout=1.0)
     app = ConcurrencyLimitMiddleware(app, max_concurrent=10, adaptive=True, min_concurrent=2)
     return app
