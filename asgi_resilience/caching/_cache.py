@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from asgi_resilience._clock import Clock
+from asgi_resilience._optional import import_optional
 from asgi_resilience._redis import CONNECT_BUDGET, is_redis_url, redis_client
 from asgi_resilience.caching._policy import Entry, VaryMarker, index_of, normalize_query
 from asgi_resilience.caching._storage import AiocacheStore, L1Store, MemoryStore, RedisStore, Store
@@ -31,6 +32,9 @@ L1_MAX_BYTES = 8 * 1024 * 1024
 _BACKOFF = 1.0  # seconds the backend is skipped after a failure, so an outage costs one timeout per second
 
 
+_AIOCACHE = "aiocache+"
+
+
 def _is_aiocache(value: object) -> bool:
     return type(value).__module__.startswith("aiocache") and hasattr(value, "get") and hasattr(value, "set")
 
@@ -43,7 +47,9 @@ class Cache:
     """The storage of a :class:`CacheMiddleware`, which an app can also hold to purge.
 
     ``backend``: ``"memory://"`` (in process), a ``redis://`` / ``rediss://`` / ``unix://`` URL or a
-    ``redis.asyncio.Redis`` client, or an ``aiocache`` cache instance (``aiocache<1``).
+    ``redis.asyncio.Redis`` client, or aiocache (``aiocache<1``, the ``aiocache`` extra): an
+    ``aiocache+<url>`` URL such as ``"aiocache+memory://"`` (``aiocache.Cache.from_url`` builds it) or
+    a cache instance.
     ``l1_entries``: size of an in-process LRU in front of a shared backend (0 = off); other processes'
     purges reach it through Redis pub/sub. ``max_entries`` / ``max_bytes``: bounds of the memory
     backend (default 10,000 values and 32 MiB); ``l1_max_bytes``: byte bound of the L1 (default 8 MiB).
@@ -90,12 +96,19 @@ class Cache:
         elif is_redis_url(backend) or _is_redis_client(backend):
             client = redis_client(backend, socket_timeout=max(backend_timeout, 0.5))
             l2 = RedisStore(client, namespace=namespace, owns_client=isinstance(backend, str))
+        elif isinstance(backend, str) and backend.startswith(_AIOCACHE):
+            aiocache = import_optional("aiocache", extra="aiocache", feature="The cache's aiocache backend")
+            try:
+                instance = aiocache.Cache.from_url(backend[len(_AIOCACHE) :])
+            except Exception as exc:
+                raise ConfigurationError(f"aiocache cannot build a cache from {backend!r}: {exc}") from exc
+            l2 = AiocacheStore(instance, namespace=namespace)
         elif _is_aiocache(backend):
             l2 = AiocacheStore(backend, namespace=namespace)
         else:
             raise ConfigurationError(
-                f"backend must be 'memory://', a redis:// URL, a redis.asyncio.Redis client or an aiocache "
-                f"cache instance, got {backend!r}"
+                f"backend must be 'memory://', a redis:// URL, a redis.asyncio.Redis client, an aiocache+<url> "
+                f"URL or an aiocache cache instance, got {backend!r}"
             )
         self.store: Store = l2
         self.memory: MemoryStore | None = l2 if isinstance(l2, MemoryStore) else None
