@@ -115,6 +115,9 @@ class CacheOptions(TypedDict, total=False):
     backend: str | Any
     max_body_size: int
     l1_entries: int
+    max_entries: int
+    max_bytes: int
+    l1_max_bytes: int
     rules: Sequence[CacheRule]
     stale_while_revalidate: float
     stale_if_error: float

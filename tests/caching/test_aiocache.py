@@ -44,7 +44,7 @@ def test_bad_aiocache_url_is_a_configuration_error() -> None:
 def test_package_imports_and_caches_without_aiocache() -> None:
     """A fresh interpreter in which aiocache cannot be imported: everything but that backend works."""
     code = textwrap.dedent(
-        f"""
+        """
         import asyncio, sys
 
         class Block:
@@ -60,9 +60,9 @@ def test_package_imports_and_caches_without_aiocache() -> None:
         assert "aiocache" not in sys.modules
 
         async def app(scope, receive, send):
-            await send({{"type": "http.response.start", "status": 200,
-                        "headers": [(b"cache-control", b"max-age=60")]}})
-            await send({{"type": "http.response.body", "body": b"ok"}})
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"cache-control", b"max-age=60")]})
+            await send({"type": "http.response.body", "body": b"ok"})
 
         async def main():
             mw = CacheMiddleware(app, telemetry=False)
