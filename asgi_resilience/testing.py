@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -188,17 +189,38 @@ def free_port() -> int:
 
 
 def stop_process(
-    process: subprocess.Popen[bytes] | None, sig: signal.Signals = signal.SIGTERM, *, timeout: float = 5.0
+    process: subprocess.Popen[Any] | None,
+    sig: signal.Signals = signal.SIGTERM,
+    *,
+    timeout: float = 5.0,
+    group: bool = False,
 ) -> None:
-    """Stop ``process`` by its own pid with ``sig``, escalating to SIGKILL after ``timeout`` seconds."""
-    if process is None or process.poll() is not None:
+    """Stop ``process`` by its own pid with ``sig``, escalating to SIGKILL after ``timeout`` seconds.
+
+    With ``group=True`` (for a process started with ``start_new_session=True``, such as a server
+    with worker processes), the signals go to the process group whose id is the process's pid, and
+    whatever is left of that group is killed at the end even when the leader itself has exited: a
+    worker orphaned by its master would otherwise hold the caller's pipes open for ever.
+    """
+    if process is None:
         return
-    os.kill(process.pid, sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
+
+    def signal_it(signum: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(process.pid, signum)
+            else:
+                os.kill(process.pid, signum)
+
+    if process.poll() is None:
+        signal_it(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            signal_it(signal.SIGKILL)
+            process.wait(timeout=5)
+    if group:
+        signal_it(signal.SIGKILL)
 
 
 class RedisServer:
@@ -289,7 +311,8 @@ def redis_command_counts(url: str) -> dict[str, int]:
     """
     import redis
 
-    client = redis.Redis.from_url(url)
+    redis_cls: Any = redis.Redis  # typed from redis-py 5.0.x, typed later: one spelling for both
+    client = redis_cls.from_url(url)
     try:
         stats = client.info("commandstats")
     finally:

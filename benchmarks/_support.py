@@ -104,7 +104,8 @@ class Uvicorn:
             "--workers", str(self.workers), "--log-level", "warning", "--no-access-log",
             *self.extra,
         ]  # fmt: skip
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL)
+        # its own session: the workers form a process group that stop() ends as a whole
+        self.process = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, start_new_session=True)
         wait_http(self.url + ready_path, process=self.process)
         if self.workers > 1:
             time.sleep(0.5 + 0.2 * self.workers)  # let every worker finish booting before the load
@@ -112,7 +113,7 @@ class Uvicorn:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        stop_process(process, timeout=10)
+        stop_process(process, timeout=10, group=True)
 
     def __enter__(self) -> Uvicorn:
         return self.start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import signal
 import sys
 import time
 import uuid
@@ -516,6 +517,8 @@ def main() -> int:
     parser.add_argument("--no-throughput", action="store_true", help="skip the bare-vs-stack throughput table")
     parser.add_argument("--only", help="run only scenarios whose function name matches this regex")
     args = parser.parse_args()
+    # SIGTERM (a test's timeout, Ctrl-C in CI) unwinds the with-blocks so every server is stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     sizes = QUICK if args.quick else Sizes()
     started = time.perf_counter()
     outcomes = asyncio.run(run(sizes, with_throughput=not args.no_throughput, only=args.only))

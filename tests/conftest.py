@@ -6,9 +6,11 @@ install hint when the binary is missing; with ``CI=true`` a missing binary fails
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -21,6 +23,54 @@ REDIS_HINT = "redis-server is not on PATH: install it (apt-get install redis-ser
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.insert(0, "_no_task_outlives_its_test")
+
+
+def _is_runner(task: asyncio.Task[object]) -> bool:
+    """The anyio pytest runner's own tasks (one of them runs this fixture's teardown)."""
+    return getattr(task.get_coro(), "__qualname__", "").startswith("TestRunner.")
+
+
+def _describe(task: asyncio.Task[object]) -> str:
+    frames = task.get_stack(limit=3)
+    where = " <- ".join(f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in frames)
+    return f"{task.get_coro()!r} at {where or '?'}"
+
+
+@pytest.fixture
+async def _no_task_outlives_its_test() -> AsyncIterator[None]:
+    """Every asyncio task an async test starts must be finished, or finish when cancelled, by its end.
+
+    The anyio runner cancels left-over tasks when it closes and then waits for them with no limit: a task
+    that ignores its cancellation used to hang the whole run there, far from the test that started it.
+    Here, a task still running 1 s after its test is cancelled, and one that is still running 2 s after
+    that fails the test that leaked it, with where it is stuck.
+    """
+    try:
+        before = asyncio.all_tasks()
+    except RuntimeError:  # not on asyncio (a trio test): trio's nurseries already forbid orphans
+        yield
+        return
+    yield
+    me = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() - before if t is not me and not t.done() and not _is_runner(t)]
+    if leftover:
+        await asyncio.wait(leftover, timeout=1.0)
+        leftover = [t for t in leftover if not t.done()]
+    if leftover and os.environ.get("STRICT_TASKS"):
+        pytest.fail("tasks outlive the test: " + "; ".join(map(_describe, leftover)))
+    for task in leftover:
+        task.cancel()
+    if leftover:
+        await asyncio.wait(leftover, timeout=2.0)
+    stuck = [t for t in leftover if not t.done()]
+    if stuck:
+        pytest.fail("tasks ignore their cancellation and outlive the test: " + "; ".join(map(_describe, stuck)))
 
 
 def require_redis_binary() -> None:

@@ -8,7 +8,7 @@ import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from starlette.applications import Starlette
@@ -128,7 +128,7 @@ def build_demo(*, redis: str | None = None, traffic: bool = False, telemetry: Te
         telemetry=telemetry,
     )
     transport = stack.transport(
-        httpx.ASGITransport(app=upstream),
+        httpx.ASGITransport(app=cast(Any, upstream)),  # httpx < 0.28 types app= narrower than ASGI
         retry=RetryPolicy(attempts=3),
         breaker=BreakerPolicy(window=10.0, minimum_calls=5, failure_rate=0.5, break_duration=5.0),
     )

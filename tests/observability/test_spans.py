@@ -37,7 +37,9 @@ def instrumentation_asgi(app: Any, provider: TracerProvider) -> Any:
 
 
 def starlette_own(app: Any, provider: TracerProvider) -> Any:
-    from starlette.middleware.opentelemetry import OpenTelemetryMiddleware as StarletteOpenTelemetry
+    # newer Starlette releases ship their own; older ones (still supported by us) do not
+    module = pytest.importorskip("starlette.middleware.opentelemetry", reason="this Starlette has no OTel middleware")
+    StarletteOpenTelemetry = module.OpenTelemetryMiddleware
 
     return StarletteOpenTelemetry(app, tracer_provider=provider)
 
