@@ -78,8 +78,8 @@ class Retrying(Policy):
         self._on = _predicate(on)
         self.attempts = attempts
         self.timeout = None if timeout is None else seconds(timeout, "retry timeout", allow_zero=False)
-        self.wait_initial = seconds(wait_initial, "retry wait_initial")
-        self.wait_max = seconds(wait_max, "retry wait_max")
+        self.wait_initial = seconds(wait_initial, "retry wait_initial", allow_zero=True)
+        self.wait_max = seconds(wait_max, "retry wait_max", allow_zero=True)
         self.wait_exp_base = float(wait_exp_base)
         self.jitter = jitter
         self.name = name
@@ -121,7 +121,7 @@ class Retrying(Policy):
                     jitter=self.jitter,
                 )
         else:
-            delay = seconds(verdict, "the delay returned by retry on=")
+            delay = seconds(verdict, "the delay returned by retry on=", allow_zero=True)
         now = time.monotonic()
         remaining = math.inf if self.timeout is None else self.timeout - (now - started)
         inbound = remaining_time()
