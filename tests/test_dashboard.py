@@ -290,3 +290,64 @@ async def test_close_ends_open_streams_within_one_interval() -> None:
     assert harness.complete and harness.messages[-1] == {"type": "http.response.body", "body": b""}
     late = await ASGIHarness().run(app, http_scope(path="/stream"))  # after close: retry hint, then the end
     assert [m.get("body") for m in late.messages[1:]] == [b"retry: 2000\n\n", b""]
+
+
+async def test_the_first_snapshot_already_carries_rates_and_series() -> None:
+    import anyio
+
+    telemetry = Telemetry()
+    requests = telemetry.instrument("asgi_resilience.rate_limit.requests")
+    app = open_dashboard(telemetry, interval=0.05)
+    try:
+        for _ in range(4):  # traffic while nobody watches: the sampler thread keeps the history
+            requests.add(10, {"rule": "api", "result": "allowed"})
+            await anyio.sleep(0.06)
+        data = (await ASGIHarness().run(app, http_scope(path="/snapshot.json"))).json()
+    finally:
+        app.close()
+    history = data["history"]
+    assert history["interval"] == 0.05 and history["since"] is None and len(history["times"]) >= 3
+    (series,) = [s for s in history["series"] if s["name"] == "asgi_resilience.rate_limit.requests"]
+    assert series["attributes"] == {"rule": "api", "result": "allowed"}
+    assert len(series["rate"]) == len(history["times"])
+    assert sum(1 for rate in series["rate"] if rate > 0) >= 2  # real rates on first paint, not 0.0/s
+
+
+async def test_the_stream_sends_the_whole_history_first_then_only_what_is_new() -> None:
+    telemetry = Telemetry()
+    telemetry.instrument("asgi_resilience.timeouts").add(1, {"phase": "before_start"})
+    app = open_dashboard(telemetry, interval=0.02)
+    try:
+        harness = await ASGIHarness(disconnect_after=6).run(app, http_scope(path="/stream"))
+    finally:
+        app.close()
+    events = [
+        json.loads(m["body"][len(b"data: ") :]) for m in harness.messages if m.get("body", b"").startswith(b"data")
+    ]
+    assert len(events) >= 4
+    assert events[0]["history"]["since"] is None
+    sent: list[float] = []
+    increments = 0
+    for event in events:
+        history = event["history"]
+        if history["since"] is None:  # the whole ring: until a first interval was sent
+            assert not sent
+            sent = list(history["times"])
+        else:  # only intervals newer than the last one sent, never a repeated one
+            assert history["since"] == sent[-1]
+            assert all(t > sent[-1] for t in history["times"])
+            sent += history["times"]
+            increments += 1
+    assert increments >= 2 and sent == sorted(set(sent)) and len(sent) >= 3
+
+
+async def test_close_stops_the_history_sampler() -> None:
+    import anyio
+
+    app = open_dashboard(interval=0.01)
+    assert app.history is not None
+    app.close()
+    await anyio.sleep(0.05)
+    size = len(app.history._ring)
+    await anyio.sleep(0.05)
+    assert len(app.history._ring) == size

@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (the system package, driven by Playwright; no browser download).
 
-The page must load with no console errors, and a breaker opened by the test must show as open within
-2 seconds. A screenshot is saved under ``test-output/``.
+The page must load with no console errors, show real rates and drawn charts on its first paint, and
+show a breaker opened by the test as open within 2 seconds. Screenshots are saved under ``test-output/``.
 """
 
 from __future__ import annotations
@@ -99,6 +99,72 @@ async def open_breaker(telemetry: Telemetry, origin: str) -> float:
     raise AssertionError("the breaker never opened")
 
 
+async def steady_traffic(telemetry: Telemetry, stop: threading.Event) -> None:
+    """Requests from ever new clients through a real stack (some allowed, some limited) until ``stop``."""
+    from asgi_resilience import resilient
+    from asgi_resilience.testing import ASGIHarness, http_scope
+
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"cache-control", b"max-age=60")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = resilient(ok, rate_limit="2/minute", cache=True, telemetry=telemetry)
+    client = 0
+    while not stop.is_set():
+        client += 1
+        for _ in range(3):  # 2 allowed, 1 limited per client
+            await ASGIHarness().run(app, http_scope(path="/item", client=(f"10.0.{client // 250}.{client % 250}", 1)))
+        await asyncio.sleep(0.05)
+
+
+# Each drawn line: how many points, how many distinct heights, how wide on screen.
+CHART_SHAPES = """(id) => [...document.querySelectorAll(`svg[data-chart="${id}"] path.line`)].map((path) => {
+    const points = (path.getAttribute("d").match(/[ML][^ML]+/g) || []).map((p) => p.slice(1).trim().split(" "));
+    return {series: path.dataset.series, points: points.length, heights: new Set(points.map((p) => p[1])).size,
+            width: path.getBoundingClientRect().width};
+})"""
+
+
+def test_first_paint_shows_rates_and_charts_of_traffic_from_before_the_page_opened() -> None:
+    sync_playwright = require_browser()
+    telemetry = Telemetry()
+    # events 2 s apart: what the page shows right after its first event is the first paint
+    dashboard = dashboard_app(telemetry, allow_unauthenticated=True, interval=2.0)
+    app = Starlette(routes=[Mount("/_resilience", dashboard)])
+    problems: list[str] = []
+    OUTPUT.mkdir(exist_ok=True)
+    stop = threading.Event()
+    with ThreadPoolExecutor(1) as pool, serve(app) as base, sync_playwright() as playwright:
+        traffic = pool.submit(asyncio.run, steady_traffic(telemetry, stop))
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            time.sleep(4.5)  # two samples of history with traffic in them before anybody looks
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(f"{base}/_resilience/")
+            page.wait_for_selector('#rate-limit tr[data-rule="2/minute"]', timeout=5000)
+            # one evaluation, so that all of it is read from the same paint
+            events, allowed, limited, decisions = page.evaluate(
+                "() => {"
+                "  const row = document.querySelector('#rate-limit tr[data-rule=\"2/minute\"]');"
+                "  return [document.body.dataset.events, row.children[1].textContent, row.children[2].textContent,"
+                f"          ({CHART_SHAPES})('rate-limit')];"
+                "}"
+            )
+            assert events == "1"  # still the first paint (the next event is 2 s away)
+            assert float(allowed) > 0 and float(limited) > 0  # not a row of 0.0/s waiting for a second sample
+            lines = {shape["series"]: shape for shape in decisions}
+            assert lines["allowed"]["points"] >= 2 and lines["allowed"]["width"] > 100
+            page.screenshot(path=str(OUTPUT / "dashboard-first-paint.png"), full_page=True)
+        finally:
+            stop.set()
+            browser.close()
+            dashboard.close()
+        traffic.result(timeout=10)
+    assert problems == []
+
+
 async def serve_some_requests(telemetry: Telemetry) -> None:
     """Traffic through a real stack, so every panel has something to render."""
     from asgi_resilience import resilient
@@ -117,7 +183,8 @@ async def serve_some_requests(telemetry: Telemetry) -> None:
 def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
     sync_playwright = require_browser()
     telemetry = Telemetry()
-    app = Starlette(routes=[Mount("/_resilience", dashboard_app(telemetry, allow_unauthenticated=True, interval=0.2))])
+    dashboard = dashboard_app(telemetry, allow_unauthenticated=True, interval=0.2)
+    app = Starlette(routes=[Mount("/_resilience", dashboard)])
     origin = "http://browser-test.invalid"
     problems: list[str] = []
     OUTPUT.mkdir(exist_ok=True)
@@ -138,6 +205,14 @@ def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
             page.wait_for_selector("#cache-hit-ratio:text-matches('^[0-9]+%$')", timeout=3000)
             page.wait_for_selector("#cache-bytes:text-matches('MiB in memory$')", timeout=3000)
             page.wait_for_selector('#concurrency tr[data-partition="default"]', timeout=3000)
+            time.sleep(0.5)  # a few more samples
+            # the charts are drawn: a line per series across the panel, going up and down with the traffic
+            lines = {shape["series"]: shape for shape in page.evaluate(CHART_SHAPES, "rate-limit")}
+            assert set(lines) == {"allowed", "limited"}  # never a store error: no line drawn for it
+            for series in ("allowed", "limited"):
+                assert lines[series]["points"] >= 3 and lines[series]["heights"] >= 2 and lines[series]["width"] > 100
+            cache_lines = {shape["series"]: shape for shape in page.evaluate(CHART_SHAPES, "cache")}
+            assert cache_lines["hit"]["heights"] >= 2 and cache_lines["miss"]["heights"] >= 2
 
             # Playwright's sync API owns this thread's event loop: drive the client from another thread.
             with ThreadPoolExecutor(1) as pool:
@@ -158,8 +233,12 @@ def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
             assert text.lower() == "open"
             assert colour == "rgb(214, 51, 47)"  # the red of an open breaker
             assert "lvl-red" in panel_class
+            # the components panel shows labelled values, not raw JSON
+            page.wait_for_selector('#components .card[data-component="rate_limit"] td:text-is("strategy")')
+            assert page.query_selector("#components pre") is None
             page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
         finally:
             browser.close()
+            dashboard.close()
     assert problems == []
     assert (OUTPUT / "dashboard.png").stat().st_size > 1000

@@ -9,6 +9,11 @@ Routes, relative to the mount point: ``/`` (the page), ``/snapshot.json`` and ``
 no external resources (no CDN, no build step) and reads the stream with ``EventSource``; colours
 follow the Hystrix dashboard (green healthy, amber degraded, red open or shedding).
 
+From the moment it is built, the dashboard samples the instruments every ``interval`` seconds into a
+ring of ``history_seconds`` (see ``_history.py``): every snapshot carries ``history`` (rates, values
+and latency percentiles per interval), so the page shows real rates and draws its charts (inline
+SVG) on first paint. The first stream event carries the whole ring, later ones only what is new.
+
 Access needs an ``auth`` callable, or ``allow_unauthenticated=True``, which serves loopback clients
 only (and refuses requests that came through a proxy, since a proxy on the same host makes every
 client look local, and requests for a ``Host`` that is not local, which is what DNS rebinding sends).
@@ -33,7 +38,9 @@ import anyio
 from asgi_resilience._asgi import send_problem
 from asgi_resilience.errors._exceptions import ConfigurationError
 from asgi_resilience.errors._problem import ProblemDetails
-from asgi_resilience.observability._telemetry import Telemetry, default_telemetry
+from asgi_resilience.observability._history import History
+from asgi_resilience.observability._names import METRICS
+from asgi_resilience.observability._telemetry import NOOP, Telemetry, default_telemetry
 from asgi_resilience.types import Message, Receive, Scope, Send
 
 __all__ = ["DashboardApp", "DashboardAuth", "dashboard_app"]
@@ -46,20 +53,30 @@ DashboardAuth = Callable[[Any], "bool | Awaitable[bool]"]
 _FORWARDING_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
 
 
-def _snapshot_source(source: Any) -> Callable[[], dict[str, Any]]:
+def _snapshot_source(source: Any) -> tuple[Callable[[], dict[str, Any]], Telemetry]:
     if source is True:
         source = default_telemetry()
     if isinstance(source, Telemetry):
-        return source.snapshot
+        return source.snapshot, source
     stack = getattr(source, "stack", None)  # a ResilientApp
     if stack is not None and callable(getattr(stack, "snapshot", None)):
-        return stack.snapshot  # type: ignore[no-any-return]
+        return stack.snapshot, _telemetry_of(stack)
     snapshot = getattr(source, "snapshot", None)  # a ResilienceStack
     if callable(snapshot):
-        return snapshot  # type: ignore[no-any-return]
+        return snapshot, _telemetry_of(source)
     raise ConfigurationError(
         f"dashboard_app needs a ResilienceStack, the app resilient() returned, or a Telemetry; got {source!r}"
     )
+
+
+def _telemetry_of(stack: Any) -> Telemetry:
+    telemetry = getattr(stack, "telemetry", None)
+    return telemetry if isinstance(telemetry, Telemetry) else NOOP
+
+
+def _kind(name: str) -> str:
+    spec = METRICS.get(name)
+    return spec.kind if spec is not None else "gauge"
 
 
 def _is_loopback(scope: Scope) -> bool:
@@ -113,8 +130,10 @@ class DashboardApp:
         allow_unauthenticated: bool,
         interval: float,
         stream_seconds: float,
+        history: History | None = None,
     ) -> None:
         self._snapshot = snapshot
+        self.history = history
         self._auth = auth
         self._allow_unauthenticated = allow_unauthenticated
         self._interval = interval
@@ -136,13 +155,20 @@ class DashboardApp:
         ]
 
     def close(self) -> None:
-        """End every open event stream within one interval (servers wait for open requests on shutdown)."""
+        """End every open event stream within one interval (servers wait for open requests on shutdown)
+        and stop sampling the history."""
         self.closed = True
+        if self.history is not None:
+            self.history.close()
 
-    def data(self) -> dict[str, Any]:
+    def data(self, since: float | None = None) -> dict[str, Any]:
+        """The snapshot, with the history (only the intervals that end after ``since``, if given)."""
         data = dict(self._snapshot())
         data["time"] = time.time()
         data["interval"] = self._interval
+        if self.history is not None:
+            self.history.take_if_due()
+            data["history"] = self.history.series(since)
         return _clean(data)  # type: ignore[no-any-return]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -229,8 +255,13 @@ class DashboardApp:
             group.start_soon(watch_disconnect)
             try:
                 await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
+                since: float | None = None  # the first event carries the whole history, later ones what is new
                 while not self.closed and anyio.current_time() < deadline:
-                    event = b"data: " + _json_bytes(self.data()) + b"\n\n"
+                    data = self.data(since)
+                    times = data.get("history", {}).get("times")
+                    if times:
+                        since = times[-1]
+                    event = b"data: " + _json_bytes(data) + b"\n\n"
                     await send({"type": "http.response.body", "body": event, "more_body": True})
                     await anyio.sleep(self._interval)
                 # The browser reconnects by itself; ending bounds how long one connection lives.
@@ -247,6 +278,7 @@ def dashboard_app(
     allow_unauthenticated: bool = False,
     interval: float = 1.0,
     stream_seconds: float = 300.0,
+    history_seconds: float = 300.0,
 ) -> DashboardApp:
     """An ASGI app showing the live state of a stack: mount it, it is never on by itself.
 
@@ -261,10 +293,12 @@ def dashboard_app(
             ``localhost`` or a loopback address (DNS rebinding).
         interval: seconds between two stream events.
         stream_seconds: how long one stream connection lives before the browser reconnects.
+        history_seconds: how far back the charts go (sampled every ``interval``, at most 600 samples)
+            by a daemon thread that reads instrument totals only; ``close()`` stops it.
 
     .. versionadded:: 0.1.0
     """
-    snapshot = _snapshot_source(stack_or_telemetry)
+    snapshot, telemetry = _snapshot_source(stack_or_telemetry)
     if auth is None and not allow_unauthenticated:
         raise ConfigurationError(
             "dashboard_app needs auth=<callable(request) -> bool> or allow_unauthenticated=True "
@@ -274,15 +308,22 @@ def dashboard_app(
         raise ConfigurationError("pass either auth= or allow_unauthenticated=True, not both")
     if auth is not None and not callable(auth):
         raise ConfigurationError(f"auth must be a callable taking the request, got {auth!r}")
-    for name, value in (("interval", interval), ("stream_seconds", stream_seconds)):
+    for name, value in (
+        ("interval", interval),
+        ("stream_seconds", stream_seconds),
+        ("history_seconds", history_seconds),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
             raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    history = History(telemetry.sample, _kind, interval=float(interval), seconds=float(history_seconds))
+    history.start()
     return DashboardApp(
         snapshot,
         auth=auth,
         allow_unauthenticated=allow_unauthenticated,
         interval=float(interval),
         stream_seconds=float(stream_seconds),
+        history=history,
     )
 
 

@@ -9,6 +9,7 @@ call on an empty object.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -30,12 +31,15 @@ CARDINALITY_LIMIT = 2000
 OpenTelemetry SDK's default limit and overflow attribute), so 20,000 origins cannot grow the
 dashboard's snapshot or the process without bound."""
 OVERFLOW: tuple[tuple[str, str], ...] = (("otel.metric.overflow", "true"),)
+LATENCY_BOUNDS: tuple[float, ...] = tuple(round(0.0001 * 2 ** (i / 2), 7) for i in range(40))
+"""Upper bounds (seconds, 100 us to about 75 s, each sqrt(2) times the last) of the in-process histogram
+buckets the dashboard reads percentiles from (the OpenTelemetry SDK keeps its own)."""
 
 
 class Instrument:
     """One metric. ``add`` for counters and up-down counters, ``record`` for histograms and gauges."""
 
-    __slots__ = ("_lock", "_otel", "history", "kind", "name", "totals")
+    __slots__ = ("_lock", "_otel", "buckets", "history", "kind", "name", "totals")
 
     def __init__(self, name: str, kind: str, otel: Any, *, history: int = 0) -> None:
         self.name = name
@@ -46,6 +50,8 @@ class Instrument:
         self.totals: dict[tuple[tuple[str, str], ...], Any] = {}
         # the most recent ``add`` calls as (unix time, attributes), for rare events such as transitions
         self.history: deque[tuple[float, dict[str, str]]] | None = deque(maxlen=history) if history else None
+        # histograms: attribute tuple -> counts per LATENCY_BOUNDS bucket (the last one is "above")
+        self.buckets: dict[tuple[tuple[str, str], ...], list[int]] = {}
 
     def _key(self, attributes: Attributes | None) -> tuple[tuple[str, str], ...]:
         """The series of ``attributes``, or :data:`OVERFLOW` once the limit is reached (lock held)."""
@@ -72,6 +78,10 @@ class Instrument:
             else:
                 count, total = self.totals.get(key, (0, 0.0))
                 self.totals[key] = (count + 1, total + value)
+                counts = self.buckets.get(key)
+                if counts is None:
+                    counts = self.buckets[key] = [0] * (len(LATENCY_BOUNDS) + 1)
+                counts[bisect.bisect_left(LATENCY_BOUNDS, value)] += 1
         if self._otel is not None:
             (self._otel.set if self.kind == "gauge" else self._otel.record)(
                 value, attributes if key is not OVERFLOW else dict(OVERFLOW)
@@ -165,6 +175,32 @@ class Telemetry:
         """Let the dashboard read a component's live state (``provider()`` returns JSON-able data)."""
         if self.enabled:
             self._snapshots[name] = provider
+
+    def sample(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], Any]:
+        """Every instrument's current values, keyed by (name, sorted attributes); safe from any thread.
+
+        Counters give their total, gauges and up-down counters their value, histograms
+        ``(count, sum, bucket counts)``. The dashboard's history keeps these every interval.
+        """
+        out: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+        for name, inst in list(self._instruments.items()):
+            with inst._lock:
+                items = list(inst.totals.items())
+                buckets = {key: list(counts) for key, counts in inst.buckets.items()}
+            for key, value in items:
+                canonical = (name, tuple(sorted(key)))
+                if inst.kind == "histogram":
+                    counts = buckets.get(key, [])
+                    previous = out.get(canonical)
+                    if previous is not None:  # the same attributes recorded in another order
+                        value = (previous[0] + value[0], previous[1] + value[1])
+                        counts = [a + b for a, b in zip(previous[2], counts, strict=True)]
+                    out[canonical] = (value[0], value[1], counts)
+                elif inst.kind == "gauge" or canonical not in out:
+                    out[canonical] = value
+                else:
+                    out[canonical] += value
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         """Totals of every instrument plus every registered component snapshot (JSON-able)."""
