@@ -165,6 +165,9 @@ class BreakerTransition:
     reason: str
 
 
+_CLOSED = Admission(True, State.CLOSED)
+
+
 class _Window:
     """Failure and slow counts over the last N calls or the last T seconds (bucketed), with running
     totals so that recording a call is O(1)."""
@@ -277,6 +280,13 @@ class CircuitBreaker:
     # -- public operations -------------------------------------------------------------------
     def admit(self, now: float) -> Admission:
         """May a call go out now? A half-open permit must be handed back to :meth:`record`."""
+        state = self.state
+        if state is State.CLOSED:
+            return _CLOSED  # nothing to decide or to remember: no lock on the hot path
+        if state is State.OPEN:
+            until = self._open_until
+            if now < until:  # a refusal changes nothing either: no lock while open
+                return Admission(False, State.OPEN, until - now)
         with self._lock:
             transitions: list[BreakerTransition] = []
             if self.state is State.OPEN:
@@ -322,7 +332,11 @@ class CircuitBreaker:
             if result is Result.IGNORED or self.state is not State.CLOSED:
                 return ()
             failed = result is Result.FAILURE
-            self._window.add(now, failed, self._is_slow(duration))
+            slow = self._is_slow(duration)
+            window = self._window
+            window.add(now, failed, slow)
+            if not (failed or slow or window.failures or window.slow):
+                return ()  # no failure and no slow call in the window: no rate can be reached
             reason = self._should_open(now)
             if reason is not None:
                 return (self._move(State.OPEN, now, reason),)

@@ -77,6 +77,8 @@ class Breaker(Policy):
         self._failed = _classifier(on)
         self.fallback = fallback
         self._fallbacks = shared.telemetry.instrument("asgi_resilience.fallbacks")
+        self._open_message = f"circuit breaker {self.name!r} is open"
+        self._half_open_message = f"circuit breaker {self.name!r} is half-open, a probe is in flight"
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -114,10 +116,8 @@ class Breaker(Policy):
                     logger.exception("circuit breaker %s: listener %r failed", t.origin, listener)
 
     def refusal(self, admission: Admission) -> CircuitOpenError:
-        state = "half-open, a probe is in flight" if admission.state is State.HALF_OPEN else "open"
-        return CircuitOpenError(
-            f"circuit breaker {self.name!r} is {state}", retry_after=max(0.0, admission.retry_after), origin=self.name
-        )
+        message = self._half_open_message if admission.state is State.HALF_OPEN else self._open_message
+        return CircuitOpenError(message, retry_after=max(0.0, admission.retry_after), origin=self.name)
 
     def record_error(self, admission: Admission, exc: BaseException, started: float) -> bool:
         """Count an error; True when it is a failure of the protected dependency."""

@@ -10,7 +10,8 @@ as strings.
 
 Precedence for one option of one named policy: environment > :func:`configure_policies` >
 the keyword arguments written in code > the defaults. Configuration applies when a named policy
-is first created; :func:`configure_policies` after that raises, naming the policy.
+is first created; changing it with :func:`configure_policies` after that raises, naming the
+policy (the same options again are accepted: a module may be imported twice).
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def configure_policies(config: Mapping[str, Mapping[str, Any]]) -> None:
                 raise ConfigurationError(f"options of {kind} {name!r} must be a dict, got {options!r}")
             staged[f"{kind}:{name}"] = dict(options)
     with _lock:
-        late = sorted(key for key in staged if tuple(key.split(":", 1)) in _created)
+        late = sorted(
+            key
+            for key, options in staged.items()
+            if tuple(key.split(":", 1)) in _created and _config.get(key) != options
+        )
         if late:
             raise ConfigurationError(
                 f"{', '.join(late)} already exist: configure policies before their first use (at start-up)"
