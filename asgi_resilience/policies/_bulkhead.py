@@ -310,8 +310,8 @@ def bulkhead(
             name,
             max_concurrent=size,
             max_queue=queue,
-            queue_timeout=None if wait is None else seconds(wait, f"bulkhead {name!r} queue_timeout"),
-            retry_after=seconds(options.get("retry_after", 1.0), f"bulkhead {name!r} retry_after"),
+            queue_timeout=None if wait is None else seconds(wait, f"bulkhead {name!r} queue_timeout", allow_zero=True),
+            retry_after=seconds(options.get("retry_after", 1.0), f"bulkhead {name!r} retry_after", allow_zero=True),
             telemetry=resolve_telemetry(telemetry),
         )
         NAMED.bulkheads[name] = created

@@ -84,7 +84,7 @@ class Hedge(Policy):
             self.percentile = int(delay[1:]) / 100
             self.delay = 0.1  # until enough latencies are known
         else:
-            self.delay = seconds(delay, "hedge delay")
+            self.delay = seconds(delay, "hedge delay", allow_zero=True)
         if isinstance(max_hedges, bool) or not isinstance(max_hedges, int) or max_hedges < 1:
             raise ConfigurationError(f"hedge max_hedges must be an int >= 1, got {max_hedges!r}")
         self.max_hedges = max_hedges
