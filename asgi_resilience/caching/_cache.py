@@ -15,6 +15,7 @@ import anyio
 
 from asgi_resilience._clock import Clock
 from asgi_resilience._optional import import_optional
+from asgi_resilience._outage import OutageGuard
 from asgi_resilience._redis import CONNECT_BUDGET, is_redis_url, redis_client
 from asgi_resilience.caching._policy import Entry, VaryMarker, index_of, normalize_query
 from asgi_resilience.caching._storage import AiocacheStore, L1Store, MemoryStore, RedisStore, Store
@@ -117,8 +118,7 @@ class Cache:
             self.l1 = L1Store(l2, max_entries=l1_entries, max_bytes=l1_max_bytes, clock=clock, usage=usage)
             self.store = self.l1
         self._errors = self._telemetry.instrument("asgi_resilience.cache.errors")
-        self._down_until = float("-inf")
-        self._connected = False  # a backend call succeeded since the start or the last failure
+        self._outage = OutageGuard(cooldown=_BACKOFF, clock=clock)
         self._listener: asyncio.Task[None] | None = None
         self._listener_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -131,27 +131,27 @@ class Cache:
 
     async def call(self, operation: str, make: Callable[[], Awaitable[T]], default: T) -> T:
         """Run one backend operation with the timeout; on failure log, count and return ``default``."""
-        if self.clock() < self._down_until:
+        outage = self._outage
+        if not outage.admit():
             self._errors.add(1, {"operation": operation})
             return default
         # a call that also has to connect (at start, after a failure) is not a slow backend
-        budget = self.backend_timeout if self._connected else max(self.backend_timeout, CONNECT_BUDGET)
+        budget = self.backend_timeout if outage.connected else max(self.backend_timeout, CONNECT_BUDGET)
         try:
             with anyio.fail_after(budget):
                 result = await make()
         except Exception as exc:
-            self._connected = False
-            self._down_until = self.clock() + _BACKOFF
+            outage.failed()
             self._errors.add(1, {"operation": operation})
             logger.warning("cache backend %s failed during %s: %s", self.store.name, operation, type(exc).__name__)
             return default
-        self._connected = True
+        outage.succeeded()
         return result
 
     @property
     def available(self) -> bool:
         """False while the backend is skipped after a failure (reads then say "miss" without asking it)."""
-        return self.clock() >= self._down_until
+        return self._outage.available
 
     def peek(self, key: str) -> Entry | VaryMarker | None:
         """A synchronous read from memory (the memory backend or the L1), None if not there."""
@@ -251,7 +251,7 @@ class Cache:
             "l1_entries": len(self.l1) if self.l1 is not None else None,
             "l1_bytes": self.l1.bytes if self.l1 is not None else None,
             "l1_max_bytes": self.l1.lru.max_bytes if self.l1 is not None else None,
-            "backend_down": self.clock() < self._down_until,
+            "backend_down": not self._outage.available,
         }
 
     async def aclose(self) -> None:

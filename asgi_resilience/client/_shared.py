@@ -5,7 +5,8 @@ Advisory mode (outbound.md C12): when one process opens the breaker of an origin
 :data:`REFRESH` seconds per origin), open their local breaker for the time left and then probe
 on their own. A successful probe clears the key unless another process re-opened it meanwhile.
 Keys expire by themselves (PX), so nothing is left behind. Any Redis failure (down, slow,
-refused) falls back to the local breaker and is retried after :data:`BACKOFF` seconds; a call is
+refused) falls back to the local breaker and is retried after :data:`BACKOFF` seconds (the shared
+storage-outage guard, :mod:`asgi_resilience._outage`); a call is
 never failed because Redis is.
 """
 
@@ -14,10 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from asgi_resilience._optional import import_optional
+from asgi_resilience._outage import OutageGuard
 from asgi_resilience._redis import is_redis_url, redis_client
 from asgi_resilience.errors import ConfigurationError
 
@@ -37,7 +40,14 @@ def _lua(name: str) -> str:
 class SharedState:
     """The Redis side of shared breakers, for a sync (``asynchronous=False``) or asyncio client."""
 
-    def __init__(self, target: str | Any, *, asynchronous: bool, socket_timeout: float = 0.25) -> None:
+    def __init__(
+        self,
+        target: str | Any,
+        *,
+        asynchronous: bool,
+        socket_timeout: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if isinstance(target, str) and not is_redis_url(target):
             raise ConfigurationError(
                 f"state must be a redis://, rediss:// or unix:// URL or a Redis client, got {target!r}"
@@ -54,16 +64,16 @@ class SharedState:
         self._close = self.client.register_script(_lua("breaker_close.lua"))
         self._lock = threading.Lock()
         self._checked: dict[str, float] = {}
-        self._down_until = 0.0
+        self._outage = OutageGuard(cooldown=BACKOFF, clock=clock)
         self.errors = 0
 
     # -- bookkeeping shared by both flavours -----------------------------------------------------
     def due(self, origin: str, now: float) -> bool:
         """Whether the shared state of ``origin`` should be read now (rate-limited per origin)."""
-        if now < self._down_until:
-            return False
         with self._lock:
             if now - self._checked.get(origin, -REFRESH) < REFRESH:
+                return False
+            if not self._outage.admit():
                 return False
             self._checked[origin] = now
             if len(self._checked) > 4096:
@@ -72,8 +82,17 @@ class SharedState:
 
     def _failed(self, exc: BaseException, operation: str) -> None:
         self.errors += 1
-        self._down_until = time.monotonic() + BACKOFF
-        logger.warning("shared breaker state unavailable (%s: %s); using local state", operation, type(exc).__name__)
+        if self._outage.failed():  # once per outage, not once per call
+            logger.warning(
+                "shared breaker state unavailable (%s: %s); using local state, retried every %.0f s",
+                operation,
+                type(exc).__name__,
+                BACKOFF,
+            )
+
+    def _ok(self) -> None:
+        if self._outage.succeeded():
+            logger.warning("shared breaker state available again")
 
     @staticmethod
     def _seconds(pttl: Any) -> float | None:
@@ -82,23 +101,34 @@ class SharedState:
 
     # -- synchronous -------------------------------------------------------------------------------
     def check(self, origin: str) -> float | None:
+        """Seconds the shared breaker of ``origin`` stays open (None: not open); call after :meth:`due`."""
         try:
-            return self._seconds(self.client.pttl(PREFIX + origin))
+            value = self._seconds(self.client.pttl(PREFIX + origin))
         except Exception as exc:
             self._failed(exc, "read")
             return None
+        self._ok()
+        return value
 
     def opened(self, origin: str, seconds: float) -> None:
+        if not self._outage.admit():
+            return
         try:
             self._open(keys=[PREFIX + origin], args=[max(1, int(seconds * 1000)), int(time.time() * 1000)])
         except Exception as exc:
             self._failed(exc, "open")
+            return
+        self._ok()
 
     def closed(self, origin: str, since_epoch: float) -> None:
+        if not self._outage.admit():
+            return
         try:
             self._close(keys=[PREFIX + origin], args=[int(since_epoch * 1000)])
         except Exception as exc:
             self._failed(exc, "close")
+            return
+        self._ok()
 
     def close(self) -> None:
         if self._owns_client:
@@ -110,22 +140,32 @@ class SharedState:
     # -- asyncio -----------------------------------------------------------------------------------
     async def acheck(self, origin: str) -> float | None:
         try:
-            return self._seconds(await self.client.pttl(PREFIX + origin))
+            value = self._seconds(await self.client.pttl(PREFIX + origin))
         except Exception as exc:
             self._failed(exc, "read")
             return None
+        self._ok()
+        return value
 
     async def aopened(self, origin: str, seconds: float) -> None:
+        if not self._outage.admit():
+            return
         try:
             await self._open(keys=[PREFIX + origin], args=[max(1, int(seconds * 1000)), int(time.time() * 1000)])
         except Exception as exc:
             self._failed(exc, "open")
+            return
+        self._ok()
 
     async def aclosed(self, origin: str, since_epoch: float) -> None:
+        if not self._outage.admit():
+            return
         try:
             await self._close(keys=[PREFIX + origin], args=[int(since_epoch * 1000)])
         except Exception as exc:
             self._failed(exc, "close")
+            return
+        self._ok()
 
     async def aclose(self) -> None:
         if self._owns_client:

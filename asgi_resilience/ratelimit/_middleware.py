@@ -19,6 +19,7 @@ from starlette.requests import HTTPConnection
 from asgi_resilience._asgi import SendTracker, append_headers, get_header, mark_arrival, send_error
 from asgi_resilience._clock import Clock
 from asgi_resilience._durations import seconds
+from asgi_resilience._outage import OutageGuard
 from asgi_resilience._proxy import TrustedProxies, network_key
 from asgi_resilience._redis import CONNECT_BUDGET
 from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
@@ -207,10 +208,7 @@ class RateLimitMiddleware:
         self._near: dict[str, dict[str, float]] = {}
         self._policy_headers: dict[str, tuple[bytes, bytes]] = {}
         # breaker around the storage (shared by all requests; per-request state stays in locals)
-        self._open_until = 0.0
-        self._probing = False
-        self._failures = 0
-        self._connected = False  # a call succeeded since the start or the last failure
+        self._outage = OutageGuard(cooldown=self.store_cooldown, clock=self._clock)
         self._policy_cache: dict[tuple[str, int, int, int], tuple[str, str]] = {}
         tel = resolve_telemetry(telemetry)
         self._telemetry = tel
@@ -236,8 +234,8 @@ class RateLimitMiddleware:
             "rules": [rule.name for rule in self.rules],
             "shadow": self.shadow,
             "on_store_error": self.on_store_error,
-            "store_available": self._open_until <= now,
-            "store_failures": self._failures,
+            "store_available": self._outage.available,
+            "store_failures": self._outage.failures,
             "keys": len(self._memory) if self._memory is not None else None,
             "near_limit": self._near_limit_counts(now),
         }
@@ -488,43 +486,32 @@ class RateLimitMiddleware:
     async def _decide(self, checks: list[Check]) -> list[Decision] | None | Literal[False]:
         if self._memory is not None:
             return self._memory.hit_now(self.strategy, checks)
-        now = self._clock()
-        if self._open_until > now or self._probing:
+        outage = self._outage
+        probing = outage.failures > 0
+        if not outage.admit():
             return self._degraded(checks)
-        probing = self._failures > 0
-        if probing:
-            self._probing = True
         started = time.perf_counter()
         try:
             # the first call on a new connection (at start, after a failure) also connects, loads the
             # script and says hello: that is not a slow store, so it gets a connection budget
-            budget = self.store_timeout if self._connected else max(self.store_timeout, CONNECT_BUDGET)
+            budget = self.store_timeout if outage.connected else max(self.store_timeout, CONNECT_BUDGET)
             with anyio.fail_after(budget):
                 decisions = await self.storage.hit(self.strategy, checks)
         except Exception as exc:  # StorageError, TimeoutError, or a custom storage's own error
-            self._connected = False
-            self._failures += 1
             # a fixed cooldown, not a growing one: a probe per cooldown costs one request a fast failure
             # (or one store_timeout), and the limiter is back within store_cooldown of the store
-            self._open_until = self._clock() + self.store_cooldown
-            if self._failures == 1 or probing:
+            if outage.failed() or probing:  # not once per request already in flight when it went down
                 logger.warning(
                     "rate-limit storage %s failed (%s); on_store_error=%r for the next %.1f s",
                     self.storage.name,
                     type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
                     self.on_store_error,
-                    self._open_until - self._clock(),
+                    outage.remaining,
                 )
             return self._degraded(checks)
-        finally:
-            if probing:
-                self._probing = False
-        self._connected = True
         self._duration.record(time.perf_counter() - started, {"storage": self.storage.name})
-        if self._failures:
+        if outage.succeeded():
             logger.warning("rate-limit storage %s recovered", self.storage.name)
-            self._failures = 0
-            self._open_until = 0.0
         return decisions
 
     def _degraded(self, checks: list[Check]) -> list[Decision] | None | Literal[False]:
@@ -658,7 +645,7 @@ class RateLimitMiddleware:
         await send_error(send, exc, extra_headers=headers, head=scope.get("method") == "HEAD")
 
     async def _reject_store(self, scope: Scope, receive: Receive, send: Send) -> None:
-        wait = max(1.0, self._open_until - self._clock())
+        wait = max(1.0, self._outage.remaining)
         exc = StorageError("The rate limiter's storage is unavailable", retry_after=wait)
         await self._deny(scope, receive, send, exc, ())
 
