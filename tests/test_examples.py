@@ -263,17 +263,54 @@ async def test_demo_with_redis_shares_one_client(redis_url: str) -> None:
 
 def test_demo_runs_with_the_readme_command_and_prints_the_urls() -> None:
     port = free_port()
-    with run_script(["-m", "asgi_resilience.demo", "--port", str(port), "--no-traffic"], {}, port) as process:
+    command = ["-m", "asgi_resilience.demo", "--port", str(port), "--no-traffic", "--summary-every", "0.3"]
+    with run_script(command, {}, port) as process:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=10) as client:
             statuses = [client.get("/hello").status_code for _ in range(6)]
             assert statuses == [200] * 5 + [429]
             assert client.get("/_resilience/").status_code == 200
+            client.get("/chaos", params={"failure_rate": "1"})
+            quotes = [client.get("/quote").status_code for _ in range(12)]
+            assert quotes.count(503) >= 3  # the breaker opened: refused without calling the upstream
+            time.sleep(0.8)  # at least one summary interval after the traffic
         os.kill(process.pid, signal.SIGTERM)
         output = process.communicate(timeout=15)[0].decode()
     assert f"{base}/_resilience/" in output
     assert f"curl -s -o /dev/null -w '%{{http_code}} ' {base}/hello" in output
     assert "Traceback" not in output
+    # one summary line per interval, not one line per refused or retried request
+    assert "mapped to 503" not in output and "retrying" not in output and "giving up" not in output
+    summaries = [line for line in output.splitlines() if "asgi_resilience.demo: last 0.3 s:" in line]
+    assert any("1 rate-limited (429)" in line for line in summaries)
+    assert any("CircuitOpenError" in line for line in summaries) and any("retries" in line for line in summaries)
+    assert "closed -> open" in output  # a breaker transition is rare and worth its own line
+
+
+async def test_demo_summary_counts_since_the_last_line_and_the_filter_drops_per_request_records() -> None:
+    import logging
+
+    from asgi_resilience import Telemetry
+    from asgi_resilience.demo._summary import PerRequestFilter, Summary
+
+    telemetry = Telemetry()
+    summary = Summary(telemetry)
+    assert summary.line() is None  # nothing happened
+    telemetry.instrument("asgi_resilience.rate_limit.requests").add(3, {"rule": "r", "result": "limited"})
+    telemetry.instrument("asgi_resilience.exceptions").add(2, {"error.type": "CircuitOpenError", "result": "handled"})
+    assert summary.line() == "3 rate-limited (429); mapped to problem responses: 2 CircuitOpenError"
+    telemetry.instrument("asgi_resilience.timeouts").add(1, {"phase": "before_start"})
+    assert summary.line() == "1 timed out (504)"  # only what is new
+    assert summary.line() is None
+
+    def record(name: str, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, None)
+
+    keep = PerRequestFilter().filter
+    assert not keep(record("asgi_resilience.errors", "%s mapped to %d while serving %s", "X", 503, "GET /"))
+    assert not keep(record("asgi_resilience.client", "giving up on %s %s%s after %d attempt(s): %s", 1, 2, 3, 4, 5))
+    assert keep(record("asgi_resilience.client", "circuit breaker for %s: %s -> %s (%s)", "o", "closed", "open", "x"))
+    assert keep(record("asgi_resilience.errors", "Unhandled exception while serving %s", "GET /"))
 
 
 def test_demo_reports_a_bad_redis_url_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:

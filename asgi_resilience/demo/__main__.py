@@ -8,6 +8,7 @@ import sys
 
 from asgi_resilience._optional import import_optional
 from asgi_resilience.demo._app import build_demo
+from asgi_resilience.demo._summary import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,10 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--no-traffic", action="store_true", help="no background traffic for the dashboard")
+    parser.add_argument(
+        "--summary-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="log one summary line of what the layers did per interval (default 10)",
+    )
     args = parser.parse_args(argv)
+    if not args.summary_every > 0:
+        print("error: --summary-every must be a positive number of seconds", file=sys.stderr)
+        return 2
     try:
         uvicorn = import_optional("uvicorn", extra="demo", feature="The demo")
-        demo = build_demo(redis=args.redis, traffic=not args.no_traffic)
+        demo = build_demo(redis=args.redis, traffic=not args.no_traffic, summary_every=args.summary_every)
     except (ImportError, ValueError) as exc:  # a missing extra or a bad --redis URL: say so, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -35,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  open the breaker: curl '{base}/chaos?failure_rate=1'   heal it: curl '{base}/chaos?failure_rate=0'\n"
         f"  see a 429:  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/hello; done; echo\n"
         f"  see a 504:  curl -i '{base}/slow?seconds=3'\n"
+        f"Refused and retried requests are counted, not logged one by one: a summary every {args.summary_every:g} s.\n"
         "Press Ctrl+C to stop.",
         flush=True,
     )
+    configure_logging()
     server = uvicorn.Server(
         uvicorn.Config(demo.app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     )

@@ -25,6 +25,7 @@ from asgi_resilience import (
     Telemetry,
     dashboard_app,
 )
+from asgi_resilience.demo._summary import log_summaries
 from asgi_resilience.observability import DashboardApp
 from asgi_resilience.types import Receive, Scope, Send
 
@@ -113,8 +114,18 @@ async def _slow(request: Request) -> Response:
     return PlainTextResponse(f"slept {seconds} s\n")
 
 
-def build_demo(*, redis: str | None = None, traffic: bool = False, telemetry: Telemetry | None = None) -> Demo:
-    """Build the demo app (in memory, or sharing ``redis`` between the limiter and the cache)."""
+def build_demo(
+    *,
+    redis: str | None = None,
+    traffic: bool = False,
+    telemetry: Telemetry | None = None,
+    summary_every: float | None = None,
+) -> Demo:
+    """Build the demo app (in memory, or sharing ``redis`` between the limiter and the cache).
+
+    With ``summary_every`` (seconds), the app's lifespan logs one summary line per interval of what
+    the layers did (``asgi_resilience.demo`` logger, INFO).
+    """
     from asgi_resilience import BreakerPolicy, RetryPolicy, Rule
 
     telemetry = telemetry or Telemetry()
@@ -174,12 +185,17 @@ def build_demo(*, redis: str | None = None, traffic: bool = False, telemetry: Te
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(_traffic(api)) if traffic else None
+        tasks = []
+        if traffic:
+            tasks.append(asyncio.create_task(_traffic(api)))
+        if summary_every is not None:
+            tasks.append(asyncio.create_task(log_summaries(telemetry, summary_every)))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await client.aclose()
