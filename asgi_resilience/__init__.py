@@ -7,8 +7,9 @@ needs no optional extra.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from asgi_resilience._proxy import TrustedProxies
 from asgi_resilience.caching import Cache, CacheMiddleware, CacheRule, cache
 from asgi_resilience.client import (
     AsyncCircuitBreakerTransport,
@@ -95,6 +96,7 @@ __all__ = [
     "Telemetry",
     "TimeLimitExceeded",
     "TimeoutMiddleware",
+    "TrustedProxies",
     "async_resilient_client",
     "bulkhead",
     "cache",
@@ -118,9 +120,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "__version__":
-        from importlib.metadata import version
+if TYPE_CHECKING:
+    # type checkers see only __version__, so a misspelt `from asgi_resilience import X` is an error
+    __version__: str
+else:
 
-        return version("asgi-resilience")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        if name == "__version__":
+            from importlib.metadata import version
+
+            return version("asgi-resilience")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

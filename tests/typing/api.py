@@ -45,6 +45,7 @@ from asgi_resilience import (
     StorageError,
     Telemetry,
     TimeoutMiddleware,
+    TrustedProxies,
     async_resilient_client,
     cache,
     current_deadline,
@@ -86,6 +87,8 @@ def middlewares() -> list[Middleware]:
 def wrap_directly() -> ASGIApp:
     app: ASGIApp = ProblemDetailsMiddleware(raw_app, debug=False)
     app = RateLimitMiddleware(app, rules=[Rule("10/minute", shadow=True)], on_store_error="local")
+    app = RateLimitMiddleware(app, trusted_proxies=TrustedProxies(["10.0.0.0/8"], header="x-forwarded-for"))
+    app = TimeoutMiddleware(app, trusted_proxies=TrustedProxies(2))
     app = CacheMiddleware(app, cache=Cache("memory://"), max_body_size=1_048_576, l1_entries=0)
     app = CacheMiddleware(app, backend="memory://", max_entries=5_000, max_bytes=64 * 1024 * 1024)
     app = CacheMiddleware(app, cache=Cache("redis://localhost", l1_entries=1_000, l1_max_bytes=8 * 1024 * 1024))
