@@ -22,9 +22,10 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any
 
+import anyio
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +131,8 @@ def test_every_python_block_parses() -> None:
 
 
 @pytest.mark.parametrize("unit", EXECUTED, ids=[unit.id for unit in EXECUTED])
-async def test_block_runs(unit: Unit) -> None:
+def test_block_runs(unit: Unit) -> None:
+    """Run like a script: no event loop is running (a block may call anyio.run), top-level await gets one."""
     # a real module: frameworks (Litestar) resolve annotations through sys.modules
     module = ModuleType(f"docs_block_{abs(hash(unit.id))}")
     namespace: dict[str, Any] = vars(module)
@@ -138,11 +140,16 @@ async def test_block_runs(unit: Unit) -> None:
     try:
         for block in unit.blocks:
             code = compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-            result = eval(code, namespace)  # our own documentation
-            if inspect.isawaitable(result):
-                await result
+            if code.co_flags & inspect.CO_COROUTINE:
+                anyio.run(_run_async, code, namespace)
+            else:
+                exec(code, namespace)  # our own documentation
     finally:
         del sys.modules[module.__name__]
+
+
+async def _run_async(code: CodeType, namespace: dict[str, Any]) -> None:
+    await eval(code, namespace)
     for value in list(namespace.values()):  # close what the block opened (a stack's or a cache's client)
         closer = getattr(value, "aclose", None)
         if type(value).__module__.startswith("asgi_resilience.") and inspect.iscoroutinefunction(closer):
