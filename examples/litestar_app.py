@@ -1,8 +1,9 @@
-"""A Litestar app behind the full stack (pure ASGI middlewares work with any ASGI framework).
+"""A Litestar app behind the full stack, with per-handler options and problem+json errors.
 
 pip install 'asgi-resilience[demo]' litestar && python examples/litestar_app.py
 for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:8000/items/1; done; echo
-curl -i http://127.0.0.1:8000/slow              # 504 application/problem+json after 2 s
+curl -i http://127.0.0.1:8000/slow              # 504 application/problem+json after 0.5 s (@timeout)
+curl -i http://127.0.0.1:8000/items/0           # 404 application/problem+json (Litestar's NotFoundException)
 open http://127.0.0.1:8000/_resilience/        # the live dashboard (loopback only)
 """
 
@@ -11,9 +12,11 @@ import os
 from typing import Annotated
 
 from litestar import Litestar, asgi, get
+from litestar.exceptions import NotFoundException
 from litestar.params import PathParameter
 
-from asgi_resilience import ResilienceStack, Rule, dashboard_app
+from asgi_resilience import ResilienceStack, Rule, cache, dashboard_app, timeout
+from asgi_resilience.integrations.litestar import ResiliencePlugin
 
 stack = ResilienceStack(
     rate_limit={"rules": [Rule("5/minute", path="/items/*", name="items")]},
@@ -27,18 +30,22 @@ dashboard = asgi("/_resilience", is_mount=True, copy_scope=True)(dashboard_app(s
 
 
 @get("/items/{item_id:int}")
+@cache(ttl=30)  # the endpoint options work on Litestar route handlers, above or below @get
 async def item(item_id: Annotated[int, PathParameter()]) -> dict[str, object]:
+    if item_id == 0:
+        raise NotFoundException(f"no item {item_id}")  # rendered as problem+json by the plugin
     await asyncio.sleep(0.05)
     return {"id": item_id, "name": f"item {item_id}"}
 
 
 @get("/slow")
+@timeout(0.5)
 async def slow() -> str:
     await asyncio.sleep(10)
     return "too late"
 
 
-app = stack.wrap(Litestar(route_handlers=[item, slow, dashboard]))
+app = stack.wrap(Litestar(route_handlers=[item, slow, dashboard], plugins=[ResiliencePlugin()]))
 
 if __name__ == "__main__":
     import uvicorn

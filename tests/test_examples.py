@@ -176,6 +176,33 @@ async def test_litestar_example_limits_items_and_mounts_the_dashboard() -> None:
         snapshot = (await client.get("/_resilience/snapshot.json")).json()
         assert snapshot["layers"] == ["problems", "rate_limit", "cache", "timeout", "concurrency"]
         assert snapshot["metrics"]["asgi_resilience.rate_limit.requests"]
+    async with client_for(module.app, "127.0.0.2") as client:
+        first, second = await client.get("/items/3"), await client.get("/items/3")
+        assert first.json() == second.json() and "age" in second.headers  # @cache on the route handler
+        missing = await client.get("/items/0")
+        assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+        started = time.monotonic()
+        slow = await client.get("/slow")
+        assert slow.status_code == 504 and time.monotonic() - started < 1.5  # @timeout(0.5), not the stack's 2 s
+
+
+def test_django_example_under_uvicorn() -> None:
+    """The Django example as a script (uvicorn on loopback): per-view options and problem+json errors."""
+    port = free_port()
+    with run_script(["examples/django_app.py"], {}, port):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            first, second = client.get("/items/1"), client.get("/items/1")
+            assert first.status_code == 200 and first.json() == second.json()
+            assert "age" in second.headers  # @cache(ttl=30)
+            missing = client.get("/items/0")
+            assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+            assert client.get("/admin-only").status_code == 403
+            started = time.monotonic()
+            slow = client.get("/slow")
+            assert slow.status_code == 504 and time.monotonic() - started < 1.5  # @timeout(0.5), not 2 s
+            assert slow.headers["content-type"] == "application/problem+json"
+            statuses = [client.get("/login").status_code for _ in range(4)]
+            assert statuses == [200, 200, 200, 429]  # @rate_limit("3/minute")
 
 
 @pytest.mark.redis

@@ -13,7 +13,7 @@ from starlette.routing import Mount, Route, Router
 
 from asgi_resilience import ConfigurationError
 from asgi_resilience._routing import EndpointOptions, mark_endpoint
-from asgi_resilience.testing import http_scope
+from asgi_resilience.testing import ASGIHarness, http_scope
 
 
 def tagged(value: str) -> Any:
@@ -156,3 +156,27 @@ def test_find_router_walks_down_wrapping_middlewares() -> None:
     app = make_starlette()
     assert find_router(CORSMiddleware(CORSMiddleware(app, allow_origins=["*"]), allow_origins=["*"])) is app
     assert find_router(raw_app) is None
+
+
+async def test_options_on_routes_that_cannot_be_read_warn_once() -> None:
+    """A Quart/Flask-like app (werkzeug routing in ``view_functions``): the options would be ignored."""
+    from asgi_resilience import TimeoutMiddleware, timeout
+
+    @timeout(0.1)
+    async def slow_view() -> str:
+        return "slow"
+
+    class QuartLike:
+        def __init__(self) -> None:
+            self.view_functions = {"slow_view": slow_view, "other": plain}
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    app = TimeoutMiddleware(QuartLike(), timeout=5.0)
+    with pytest.warns(RuntimeWarning, match="slow_view.*cannot read the routes of QuartLike") as record:
+        for _ in range(3):
+            harness = await ASGIHarness().run(app, http_scope("GET", "/slow"))
+            assert harness.status == 200
+    assert len(record) == 1

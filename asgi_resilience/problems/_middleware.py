@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import logging
 import re
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,9 +21,10 @@ from asgi_resilience.errors._problem import (
     render,
 )
 from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
+from asgi_resilience.problems._frameworks import framework_resolvers
 from asgi_resilience.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["ProblemDetailsMiddleware", "ProblemHandler"]
+__all__ = ["SCOPE_KEY", "ProblemDetailsMiddleware", "ProblemHandler"]
 
 logger = logging.getLogger("asgi_resilience.errors")
 
@@ -34,6 +36,8 @@ _Resolver = Callable[[Exception, bool], ProblemDetails]
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}\Z")
 _STARTED_MESSAGE = "Caught handled exception, but response already started."
 _MAX_CHAIN = 64
+SCOPE_KEY = "asgi_resilience.problems"
+"""The scope key under which the middleware serving a request is found (framework integrations use it)."""
 
 
 def _from_http_exception(exc: Exception, debug: bool) -> ProblemDetails:
@@ -110,6 +114,7 @@ def _builtin_resolvers() -> dict[type[BaseException], _Resolver]:
         pass
     else:
         resolvers[RequestValidationError] = _from_validation_error
+    resolvers.update(framework_resolvers())
     return resolvers
 
 
@@ -186,11 +191,14 @@ class ProblemDetailsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if not self._prepared and scope["type"] == "lifespan":
+                self._prepare(scope)
             await self.app(scope, receive, send)
             return
         mark_arrival(scope)
         if not self._prepared:
             self._prepare(scope)
+        scope[SCOPE_KEY] = self  # the integrations' exception hooks resolve with this middleware's options
         tracker = SendTracker(send)
         try:
             await self.app(scope, receive, tracker)
@@ -290,6 +298,8 @@ class ProblemDetailsMiddleware:
         for _ in range(_MAX_CHAIN):
             if isinstance(node, ExceptionMiddleware):
                 break
+            if _warn_unhooked_framework(node):
+                return
             stack = getattr(node, "middleware_stack", False)
             if stack is None and callable(getattr(node, "build_middleware_stack", None)):
                 node.middleware_stack = stack = node.build_middleware_stack()
@@ -326,6 +336,42 @@ class ProblemDetailsMiddleware:
         response = Response(content=body, status_code=problem.status)
         response.raw_headers = headers
         return response
+
+
+def _warn_unhooked_framework(app: Any) -> bool:
+    """Warn (once per middleware) if ``app`` is a framework that answers its own exceptions unhooked."""
+    module = type(app).__module__
+    if module.startswith("litestar.") and hasattr(app, "asgi_router"):
+        handlers = getattr(app, "exception_handlers", None) or {}
+        if not any(getattr(handler, "__asgi_resilience__", False) for handler in handlers.values()):
+            warnings.warn(
+                "ProblemDetailsMiddleware wraps a Litestar app: exceptions raised in its handlers are answered by "
+                "Litestar itself, not as application/problem+json; add "
+                "plugins=[asgi_resilience.integrations.litestar.ResiliencePlugin()] to the Litestar app",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return True
+    if module.startswith(("django.", "asgi_resilience.integrations.django")) and hasattr(app, "get_response_async"):
+        from django.conf import settings
+
+        if "asgi_resilience.integrations.django.ProblemDetailsMiddleware" not in list(settings.MIDDLEWARE):
+            warnings.warn(
+                "ProblemDetailsMiddleware wraps a Django app: exceptions raised in its views are answered by Django "
+                "itself, not as application/problem+json; add 'asgi_resilience.integrations.django."
+                "ProblemDetailsMiddleware' to settings.MIDDLEWARE",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if not module.startswith("asgi_resilience."):
+            warnings.warn(
+                "Django's own ASGIHandler leaves a view running when a timeout cancels the request; build the app "
+                "with asgi_resilience.integrations.django.get_asgi_application() so that the view is cancelled",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return True
+    return False
 
 
 def _leaf(exc: Exception) -> Exception:

@@ -30,6 +30,8 @@ from asgi_resilience import (
     resilient,
     timeout,
 )
+from asgi_resilience.integrations import django as django_integration
+from asgi_resilience.integrations.litestar import ResiliencePlugin
 from asgi_resilience.stack import TimeoutOptions
 from asgi_resilience.types import ASGIApp, Receive, Scope, Send
 
@@ -54,6 +56,8 @@ def litestar() -> Litestar:
         ],
     )
     app = resilient(app, rate_limit=[Rule("100/minute")], cache=True, timeout=2.0, concurrency=50)
+    with_plugin = Litestar(route_handlers=[item], plugins=[ResiliencePlugin(debug=False, type_base=None)])
+    with_plugin = resilient(with_plugin, timeout=1.0)
     wrapped: ResilientApp = ResilienceStack(timeout=timedelta(seconds=2)).wrap(Litestar(route_handlers=[item]))
     _ = wrapped.layers
     return app
@@ -62,7 +66,9 @@ def litestar() -> Litestar:
 def django() -> object:
     application = get_asgi_application()
     application = resilient(application, rate_limit="100/minute", timeout={"timeout": 5.0, "rules": {"/slow": 30}})
-    return application
+    cancellable = django_integration.get_asgi_application()
+    cancellable = resilient(cancellable, timeout=2.0)
+    return application, cancellable, django_integration.ProblemDetailsMiddleware
 
 
 def fastapi() -> FastAPI:
