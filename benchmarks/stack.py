@@ -195,8 +195,14 @@ def fastapi_configs() -> list[Config]:
     ]
 
 
-async def in_process(requests: int, rounds: int) -> tuple[list[list[str]], dict[str, float]]:
+async def in_process(requests: int, rounds: int, only: str = "") -> tuple[list[list[str]], dict[str, float]]:
     ours, peers, fastapi = our_configs(), peer_configs(), fastapi_configs()
+    if only:  # the bases always run: every ratio is against a base measured in the same rounds
+        ours = [c for i, c in enumerate(ours) if i == 0 or only.lower() in c.label.lower()]
+        peers = [c for c in peers if only.lower() in c.label.lower()]
+        fastapi = [
+            c for i, c in enumerate(fastapi) if i == 0 and "fastapi" in only.lower() or only.lower() in c.label.lower()
+        ]
     configs = ours + peers + fastapi
     for config in configs:
         await config.check()
@@ -308,6 +314,7 @@ def main() -> None:
     parser.add_argument("--uvicorn-rounds", type=int, default=3, help="bare/stack alternations per worker count")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of load per uvicorn run (1..60)")
     parser.add_argument("--no-uvicorn", action="store_true", help="skip the uvicorn part")
+    parser.add_argument("--only", default="", help="in-process rows whose label contains this text (and the bases)")
     args = parser.parse_args()
     if not (1 <= args.requests <= 100_000 and 1 <= args.rounds <= 30 and 1 <= args.uvicorn_rounds <= 10):
         parser.error("--requests must be 1..100000, --rounds 1..30, --uvicorn-rounds 1..10")
@@ -318,7 +325,7 @@ def main() -> None:
         f"{args.requests} sequential in-process requests per round, median of {args.rounds} interleaved rounds"
     )
     print()
-    rows, _ = asyncio.run(in_process(args.requests, args.rounds))
+    rows, _ = asyncio.run(in_process(args.requests, args.rounds, args.only))
     print_table(["configuration", "us/request", "vs bare", "us over bare", "goal"], rows)
     if args.no_uvicorn:
         return

@@ -19,7 +19,7 @@ from typing import Any
 from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.observability._names import METRICS
 
-__all__ = ["NOOP", "Instrument", "Telemetry", "default_telemetry", "resolve_telemetry"]
+__all__ = ["NOOP", "Instrument", "Series", "Telemetry", "default_telemetry", "resolve_telemetry"]
 
 Attributes = Mapping[str, str]
 
@@ -34,12 +34,18 @@ OVERFLOW: tuple[tuple[str, str], ...] = (("otel.metric.overflow", "true"),)
 LATENCY_BOUNDS: tuple[float, ...] = tuple(round(0.0001 * 2 ** (i / 2), 7) for i in range(40))
 """Upper bounds (seconds, 100 us to about 75 s, each sqrt(2) times the last) of the in-process histogram
 buckets the dashboard reads percentiles from (the OpenTelemetry SDK keeps its own)."""
+_DRAIN_EVERY = 256  # pending values an instrument keeps before it folds them into its totals
 
 
 class Instrument:
-    """One metric. ``add`` for counters and up-down counters, ``record`` for histograms and gauges."""
+    """One metric. ``add`` for counters and up-down counters, ``record`` for histograms and gauges.
 
-    __slots__ = ("_lock", "_otel", "buckets", "history", "kind", "name", "totals")
+    The hot path takes no lock: a call appends ``(series, value)`` to a deque (atomic) and the
+    in-process totals fold the pending values in, in call order, under the lock, every
+    :data:`_DRAIN_EVERY` calls and whenever they are read (:attr:`totals`, :attr:`buckets`).
+    """
+
+    __slots__ = ("_buckets", "_lock", "_otel", "_pending", "_totals", "history", "kind", "name")
 
     def __init__(self, name: str, kind: str, otel: Any, *, history: int = 0) -> None:
         self.name = name
@@ -47,49 +53,132 @@ class Instrument:
         self._otel = otel
         self._lock = threading.Lock()
         # attribute tuple -> running total (counters), current value (gauges), [count, sum] (histograms)
-        self.totals: dict[tuple[tuple[str, str], ...], Any] = {}
+        self._totals: dict[tuple[tuple[str, str], ...], Any] = {}
+        self._pending: deque[tuple[tuple[tuple[str, str], ...], float]] = deque()
         # the most recent ``add`` calls as (unix time, attributes), for rare events such as transitions
         self.history: deque[tuple[float, dict[str, str]]] | None = deque(maxlen=history) if history else None
         # histograms: attribute tuple -> counts per LATENCY_BOUNDS bucket (the last one is "above")
-        self.buckets: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        self._buckets: dict[tuple[tuple[str, str], ...], list[int]] = {}
 
-    def _key(self, attributes: Attributes | None) -> tuple[tuple[str, str], ...]:
-        """The series of ``attributes``, or :data:`OVERFLOW` once the limit is reached (lock held)."""
-        key = tuple(attributes.items()) if attributes else ()
-        if key in self.totals or len(self.totals) < CARDINALITY_LIMIT:
-            return key
-        return OVERFLOW
+    @property
+    def totals(self) -> dict[tuple[tuple[str, str], ...], Any]:
+        """Series -> running total (counters), current value (gauges) or ``(count, sum)`` (histograms)."""
+        with self._lock:
+            self._drain()
+        return self._totals
+
+    @property
+    def buckets(self) -> dict[tuple[tuple[str, str], ...], list[int]]:
+        """Histograms: series -> counts per :data:`LATENCY_BOUNDS` bucket (the last one is "above")."""
+        with self._lock:
+            self._drain()
+        return self._buckets
+
+    def _drain(self) -> None:
+        """Fold the pending values into the totals (lock held)."""
+        pending, totals = self._pending, self._totals
+        kind = self.kind
+        while pending:
+            key, value = pending.popleft()
+            if key not in totals and len(totals) >= CARDINALITY_LIMIT:
+                key = OVERFLOW
+            if kind == "gauge":
+                totals[key] = value
+            elif kind == "histogram":
+                count, total = totals.get(key, (0, 0.0))
+                totals[key] = (count + 1, total + value)
+                counts = self._buckets.get(key)
+                if counts is None:
+                    counts = self._buckets[key] = [0] * (len(LATENCY_BOUNDS) + 1)
+                counts[bisect.bisect_left(LATENCY_BOUNDS, value)] += 1
+            else:
+                totals[key] = totals.get(key, 0) + value
+
+    def _otel_attributes(self, key: tuple[tuple[str, str], ...], attributes: Attributes | None) -> Attributes | None:
+        totals = self._totals  # read without the lock: at worst a few late series pass as themselves
+        if len(totals) < CARDINALITY_LIMIT or key in totals:
+            return attributes
+        return dict(OVERFLOW)
+
+    def bind(self, attributes: Attributes | None = None) -> Series:
+        """This instrument with fixed ``attributes`` (a per-request hot path builds its key once)."""
+        return Series(self, attributes)
 
     def add(self, value: float, attributes: Attributes | None = None) -> None:
         # Unsorted on the hot path; snapshot() merges keys that differ only in order.
-        with self._lock:
-            key = self._key(attributes)
-            self.totals[key] = self.totals.get(key, 0) + value
-            if self.history is not None:
-                self.history.append((time.time(), dict(key)))
-        if self._otel is not None:
-            self._otel.add(value, attributes if key is not OVERFLOW else dict(OVERFLOW))
+        key = tuple(attributes.items()) if attributes else ()
+        pending = self._pending
+        pending.append((key, value))
+        if self.history is not None:
+            self.history.append((time.time(), dict(key)))
+        if len(pending) >= _DRAIN_EVERY:
+            with self._lock:
+                self._drain()
+        otel = self._otel
+        if otel is not None:
+            if len(self._totals) >= CARDINALITY_LIMIT:
+                attributes = self._otel_attributes(key, attributes)
+            otel.add(value, attributes)
 
     def record(self, value: float, attributes: Attributes | None = None) -> None:
-        with self._lock:
-            key = self._key(attributes)
-            if self.kind == "gauge":
-                self.totals[key] = value
-            else:
-                count, total = self.totals.get(key, (0, 0.0))
-                self.totals[key] = (count + 1, total + value)
-                counts = self.buckets.get(key)
-                if counts is None:
-                    counts = self.buckets[key] = [0] * (len(LATENCY_BOUNDS) + 1)
-                counts[bisect.bisect_left(LATENCY_BOUNDS, value)] += 1
-        if self._otel is not None:
-            (self._otel.set if self.kind == "gauge" else self._otel.record)(
-                value, attributes if key is not OVERFLOW else dict(OVERFLOW)
-            )
+        key = tuple(attributes.items()) if attributes else ()
+        pending = self._pending
+        pending.append((key, value))
+        if len(pending) >= _DRAIN_EVERY:
+            with self._lock:
+                self._drain()
+        otel = self._otel
+        if otel is not None:
+            if len(self._totals) >= CARDINALITY_LIMIT:
+                attributes = self._otel_attributes(key, attributes)
+            (otel.set if self.kind == "gauge" else otel.record)(value, attributes)
+
+
+class Series:
+    """One attribute set of an :class:`Instrument`: ``add``/``record`` without rebuilding the series key.
+
+    The attributes are copied at binding: changing the caller's mapping later changes nothing.
+    """
+
+    __slots__ = ("_attributes", "_instrument", "_key")
+
+    def __init__(self, instrument: Instrument, attributes: Attributes | None) -> None:
+        self._instrument = instrument
+        self._attributes = dict(attributes) if attributes else None
+        self._key: tuple[tuple[str, str], ...] = tuple(self._attributes.items()) if self._attributes else ()
+
+    def add(self, value: float) -> None:
+        inst = self._instrument
+        if inst.history is not None or inst._otel is not None and len(inst._totals) >= CARDINALITY_LIMIT:
+            inst.add(value, self._attributes)  # the rare cases: keep the one general path
+            return
+        pending = inst._pending
+        pending.append((self._key, value))
+        if len(pending) >= _DRAIN_EVERY:
+            with inst._lock:
+                inst._drain()
+        if inst._otel is not None:
+            inst._otel.add(value, self._attributes)
+
+    def record(self, value: float) -> None:
+        self._instrument.record(value, self._attributes)
+
+
+class _NoopSeries(Series):
+    __slots__ = ()
+
+    def add(self, value: float) -> None:
+        return None
+
+    def record(self, value: float) -> None:
+        return None
 
 
 class _NoopInstrument(Instrument):
     __slots__ = ()
+
+    def bind(self, attributes: Attributes | None = None) -> Series:
+        return _NoopSeries(self, attributes)
 
     def add(self, value: float, attributes: Attributes | None = None) -> None:
         return None
@@ -185,8 +274,9 @@ class Telemetry:
         out: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         for name, inst in list(self._instruments.items()):
             with inst._lock:
-                items = list(inst.totals.items())
-                buckets = {key: list(counts) for key, counts in inst.buckets.items()}
+                inst._drain()
+                items = list(inst._totals.items())
+                buckets = {key: list(counts) for key, counts in inst._buckets.items()}
             for key, value in items:
                 canonical = (name, tuple(sorted(key)))
                 if inst.kind == "histogram":
@@ -208,7 +298,8 @@ class Telemetry:
         events: dict[str, Any] = {}
         for name, inst in list(self._instruments.items()):
             with inst._lock:
-                items = list(inst.totals.items())
+                inst._drain()
+                items = list(inst._totals.items())
                 recent = list(inst.history) if inst.history is not None else None
             metrics[name] = _merge(inst.kind, items)
             if recent is not None:

@@ -6,12 +6,13 @@ import dataclasses
 import inspect
 import logging
 import re
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from asgi_resilience._asgi import SendTracker, get_header, mark_arrival, send_problem
+from asgi_resilience._asgi import ARRIVAL, get_header, send_problem
 from asgi_resilience.errors._exceptions import ConfigurationError, ResilienceError
 from asgi_resilience.errors._problem import (
     ProblemDetails,
@@ -22,7 +23,7 @@ from asgi_resilience.errors._problem import (
 )
 from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
 from asgi_resilience.problems._frameworks import framework_resolvers
-from asgi_resilience.types import ASGIApp, Receive, Scope, Send
+from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["SCOPE_KEY", "ProblemDetailsMiddleware", "ProblemHandler"]
 
@@ -36,6 +37,7 @@ _Resolver = Callable[[Exception, bool], ProblemDetails]
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}\Z")
 _STARTED_MESSAGE = "Caught handled exception, but response already started."
 _MAX_CHAIN = 64
+_monotonic = time.monotonic
 SCOPE_KEY = "asgi_resilience.problems"
 """The scope key under which the middleware serving a request is found (framework integrations use it)."""
 
@@ -195,15 +197,24 @@ class ProblemDetailsMiddleware:
                 self._prepare(scope)
             await self.app(scope, receive, send)
             return
-        mark_arrival(scope)
+        if ARRIVAL not in scope:
+            scope[ARRIVAL] = _monotonic()  # see _asgi.ARRIVAL
         if not self._prepared:
             self._prepare(scope)
         scope[SCOPE_KEY] = self  # the integrations' exception hooks resolve with this middleware's options
-        tracker = SendTracker(send)
+        started = False
+
+        # A closure, not a SendTracker: this wrapper runs for every message of every response.
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         try:
-            await self.app(scope, receive, tracker)
+            await self.app(scope, receive, tracked)
         except Exception as exc:
-            if tracker.started:
+            if started:
                 original: BaseException = exc
                 while _is_starlette_started_error(original) and original.__cause__ is not None:
                     original = original.__cause__  # Starlette wraps it once per exception-handling layer

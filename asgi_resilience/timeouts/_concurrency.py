@@ -28,7 +28,8 @@ import anyio
 from asgi_resilience._asgi import send_error
 from asgi_resilience._clock import Clock
 from asgi_resilience.errors import ConfigurationError, Overloaded
-from asgi_resilience.observability import Telemetry, resolve_telemetry
+from asgi_resilience.observability import NOOP, Telemetry, resolve_telemetry
+from asgi_resilience.observability._telemetry import Series
 from asgi_resilience.timeouts._adaptive import AdaptiveLimit, Algorithm
 from asgi_resilience.timeouts._rules import PathRules, seconds
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,7 +51,7 @@ class _Waiter:
 class _Pool:
     """The slots and wait queue of one partition."""
 
-    __slots__ = ("active", "attributes", "limit", "name", "share", "waiters")
+    __slots__ = ("active", "active_series", "attributes", "limit", "name", "share", "waiters")
 
     def __init__(self, name: str, share: float) -> None:
         self.name = name
@@ -59,6 +60,7 @@ class _Pool:
         self.active = 0
         self.waiters: deque[_Waiter] = deque()
         self.attributes = {"partition": name}
+        self.active_series: Series = NOOP.instrument("asgi_resilience.concurrency.active").bind()
 
 
 class ConcurrencyLimitMiddleware:
@@ -136,6 +138,8 @@ class ConcurrencyLimitMiddleware:
                 f"partition shares add up to {reserved:g}; they must leave a share below 1 for the other paths"
             )
         self._partitions: PathRules[_Pool] = PathRules((pool.name, pool) for pool in pools)
+        self._has_exempt = bool(self._exempt)  # plain attributes: PathRules.__bool__ is a Python call
+        self._has_partitions = bool(self._partitions)
         self._default = _Pool(DEFAULT_PARTITION, 1.0 - reserved)
         self._pools = [*pools, self._default]
         self.limit = 0
@@ -145,6 +149,8 @@ class ConcurrencyLimitMiddleware:
         self._rejected = telemetry.instrument("asgi_resilience.concurrency.rejected")
         self._limit_gauge = telemetry.instrument("asgi_resilience.concurrency.limit")
         self._queue_duration = telemetry.instrument("asgi_resilience.concurrency.queue.duration")
+        for pool in self._pools:
+            pool.active_series = self._active.bind(pool.attributes)
         self._set_limit(self._controller.limit if self._controller is not None else max_concurrent)
         telemetry.register_snapshot("concurrency", self.snapshot)
 
@@ -190,7 +196,7 @@ class ConcurrencyLimitMiddleware:
         waiter.event.set()
 
     def _release(self, pool: _Pool) -> None:
-        self._active.add(-1, pool.attributes)
+        pool.active_series.add(-1)
         if pool.waiters and pool.active <= pool.limit:
             self._grant(pool)  # the slot passes straight to a waiter (which counts itself active)
             return
@@ -203,17 +209,17 @@ class ConcurrencyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if self._exempt and self._exempt.match(path)[0]:
+        if self._has_exempt and self._exempt.match(path)[0]:
             await self.app(scope, receive, send)
             return
         pool = self._default
-        if self._partitions:
+        if self._has_partitions:
             matched, found = self._partitions.match(path)
             if matched and found is not None:
                 pool = found
         if pool.active < pool.limit and not pool.waiters:
             pool.active += 1
-            self._active.add(1, pool.attributes)
+            pool.active_series.add(1)
         elif not await self._wait(pool):
             try:
                 await send_error(
@@ -224,7 +230,13 @@ class ConcurrencyLimitMiddleware:
             except OSError:
                 pass  # the client is gone
             return
-        await _Slot(self, pool, send).run(scope, receive)
+        slot = _Slot(self, pool, receive, send)
+        failed = True
+        try:
+            await self.app(scope, slot.receive, slot.send)
+            failed = False
+        finally:
+            slot.release(failed=failed)
 
     async def _wait(self, pool: _Pool) -> bool:
         """Queue for a slot; True when one was handed over, False when the request must be shed."""
@@ -272,9 +284,10 @@ class _Slot:
 
     __slots__ = ("_admitted", "_mw", "_pool", "_receive", "_send", "held", "status")
 
-    def __init__(self, mw: ConcurrencyLimitMiddleware, pool: _Pool, send: Send) -> None:
+    def __init__(self, mw: ConcurrencyLimitMiddleware, pool: _Pool, receive: Receive, send: Send) -> None:
         self._mw = mw
         self._pool = pool
+        self._receive = receive
         self._send = send
         self.held = True
         self.status: int | None = None
@@ -283,16 +296,11 @@ class _Slot:
     def release(self, *, failed: bool = False) -> None:
         if self.held:
             self.held = False
-            self._mw._finished(self._pool, self._admitted, self.status, failed)
-
-    async def run(self, scope: Scope, receive: Receive) -> None:
-        self._receive = receive
-        failed = True
-        try:
-            await self._mw.app(scope, self.receive, self.send)
-            failed = False
-        finally:
-            self.release(failed=failed)
+            mw = self._mw
+            if mw._controller is None:
+                mw._release(self._pool)
+            else:
+                mw._finished(self._pool, self._admitted, self.status, failed)
 
     async def receive(self) -> Message:
         message = await self._receive()

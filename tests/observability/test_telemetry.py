@@ -59,6 +59,26 @@ def test_instruments_record_through_the_sdk_and_keep_totals() -> None:
     ]
 
 
+def test_bound_series_and_lock_free_totals_keep_every_value_in_order() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+    active = telemetry.instrument("asgi_resilience.concurrency.active")
+    attributes = {"partition": "default"}
+    series = active.bind(attributes)
+    attributes["partition"] = "changed later"  # a binding copies its attributes
+    for _ in range(1000):  # more than one drain's worth, mixed with unbound calls of the same series
+        series.add(1)
+        active.add(-1, {"partition": "default"})
+    series.add(1)
+    gauge = telemetry.instrument("asgi_resilience.concurrency.limit")
+    for limit in range(1, 600):
+        gauge.record(limit, {"partition": "all"})
+    assert active.totals == {(("partition", "default"),): 1}
+    assert gauge.totals == {(("partition", "all"),): 599}  # the last value wins, in call order
+    assert collect(reader)["asgi_resilience.concurrency.active"] == [({"partition": "default"}, 1, "{request}")]
+    assert NOOP.instrument("asgi_resilience.concurrency.active").bind(attributes).add(1) is None
+
+
 def test_unknown_metric_name_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="published metric table"):
         Telemetry().instrument("asgi_resilience.nope")
