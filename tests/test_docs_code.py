@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import CodeType, ModuleType
@@ -27,6 +28,8 @@ from typing import Any
 
 import anyio
 import pytest
+
+from asgi_resilience.policies import reset_policies
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -128,6 +131,14 @@ def test_every_python_block_parses() -> None:
             ast.parse(block.code, filename=block.id, feature_version=(3, 10))
         except SyntaxError as exc:
             pytest.fail(f"{block.id}: {exc}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_policies() -> Iterator[None]:
+    """Named policies are process-wide: each block (and the tests after this file) starts without them."""
+    reset_policies()
+    yield
+    reset_policies()
 
 
 @pytest.mark.parametrize("unit", EXECUTED, ids=[unit.id for unit in EXECUTED])
