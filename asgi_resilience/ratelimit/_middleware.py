@@ -106,9 +106,12 @@ class RateLimitMiddleware:
         rules: :class:`Rule` objects applied to every matching request (``@rate_limit`` adds more per
             endpoint). A request passes only if every matching rule passes.
         storage: ``"memory://"`` (per process), a Redis URL (``redis://``, ``rediss://``,
-            ``redis+cluster://``, ``redis+sentinel://``) or a ``redis.asyncio`` client. A client built
-            from a URL is closed on ASGI lifespan shutdown and by :meth:`aclose`; a client or storage
-            passed in is never closed (its owner closes it).
+            ``redis+cluster://``, ``redis+sentinel://``) or a ``redis.asyncio`` client: one call per
+            request for all its limits, atomically. Any other storage URL of the ``limits`` package
+            (``memcached://``, ``mongodb://``, ``async+memory://``, ...) goes through ``limits``' own
+            async strategies: 2-3 round trips per limit, each limit atomic but not a request's limits
+            together, no ``gcra``. A client built from a URL is closed on ASGI lifespan shutdown and by
+            :meth:`aclose`; a client or storage passed in is never closed (its owner closes it).
         strategy: ``"sliding-window"`` (default), ``"fixed-window"``, ``"moving-window"`` or ``"gcra"``.
         exempt: glob path patterns (``["/health", "/metrics*"]``) or a sync/async callable of the request
             returning True for requests that skip every rule.
@@ -180,6 +183,7 @@ class RateLimitMiddleware:
         self.shadow = bool(shadow)
         self._clock: Clock = clock or time.monotonic
         self.storage: RateLimitStorage = storage_from(storage, clock=clock, prefix=key_prefix)
+        self.storage.check_strategy(strategy)
         # the synchronous fast path; a subclass (a custom storage) is awaited like any other
         self._memory = self.storage if type(self.storage) is MemoryStorage else None
         self._owns_storage = isinstance(storage, str) and self._memory is None  # a client built here from a URL

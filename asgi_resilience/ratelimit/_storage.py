@@ -56,6 +56,10 @@ class RateLimitStorage(ABC):
         """Release connections."""
         return None
 
+    def check_strategy(self, strategy: str) -> None:
+        """Raise :class:`ConfigurationError` if this storage cannot run ``strategy`` (at construction)."""
+        return None
+
 
 class MemoryStorage(RateLimitStorage):
     """Per-process counters in a dict; decisions are synchronous and therefore atomic on one loop.
@@ -314,18 +318,24 @@ def _is_cluster(client: Any) -> bool:
 
 def storage_from(storage: str | Any, *, clock: Clock | None = None, prefix: str = "asgi_rl") -> RateLimitStorage:
     """``"memory://"``, a Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
-    ``redis+sentinel://``), a ``redis.asyncio`` client or a :class:`RateLimitStorage`."""
+    ``redis+sentinel://``), a ``redis.asyncio`` client, a :class:`RateLimitStorage`, or any other storage
+    URL of the ``limits`` package (``memcached://``, ``mongodb://``, ``async+...``: see ``_limits_storage``)."""
     if isinstance(storage, RateLimitStorage):
         return storage
     if storage is None or storage == "memory://" or storage == "memory":
         return MemoryStorage(clock=clock or time.time)
     if isinstance(storage, str):
-        if not storage.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")):
-            raise ConfigurationError(
-                f"storage must be 'memory://', a redis://, rediss://, redis+cluster:// or redis+sentinel:// URL, "
-                f"or a redis.asyncio client; got {storage!r}"
-            )
-        return RedisStorage(storage, clock=clock, prefix=prefix)
+        if storage.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")):
+            return RedisStorage(storage, clock=clock, prefix=prefix)
+        from asgi_resilience.ratelimit._limits_storage import LimitsStorage, is_limits_url
+
+        if is_limits_url(storage):
+            return LimitsStorage(storage, prefix=prefix)
+        raise ConfigurationError(
+            f"storage must be 'memory://', a redis://, rediss://, redis+cluster:// or redis+sentinel:// URL, "
+            f"a redis.asyncio client, or another storage URL of the limits package (memcached://, mongodb://, "
+            f"async+...); got {storage!r}"
+        )
     if hasattr(storage, "register_script"):
         return RedisStorage(storage, clock=clock, prefix=prefix)
     raise ConfigurationError(f"storage must be a URL, a redis.asyncio client or a storage object; got {storage!r}")
