@@ -78,7 +78,7 @@ class LimitsStorage(RateLimitStorage):
         try:
             self.backend: Any = storage_from_string(async_url, **options)
         except LimitsConfigurationError as exc:  # a missing client library, a bad URL
-            raise ConfigurationError(f"limits cannot use {_redacted(url)}: {exc}") from exc
+            raise ConfigurationError(f"storage {_redacted(url)!r} cannot be used through limits: {exc}") from exc
         self.name = "limits:" + scheme.removeprefix("async+")
         self.prefix = prefix
         self._limiters: dict[str, Any] = {}
