@@ -47,7 +47,7 @@ async def list_items() -> list[dict[str, int]]:
 
 
 @router.post("/report")
-@rate_limit("2/minute", key="header:X-API-Key", name="reports")  # expensive: two per key per minute
+@rate_limit("2/minute", key=account, name="reports")  # expensive: two per known key (or address) per minute
 async def build_report() -> dict[str, str]:
     return {"status": "queued"}
 

@@ -345,3 +345,17 @@ def test_demo_reports_a_bad_redis_url_without_a_traceback(capsys: pytest.Capture
 
     assert main(["--redis", "http://not-redis", "--no-traffic"]) == 2
     assert "redis://" in capsys.readouterr().err
+
+
+async def test_tier_example_gives_invented_api_keys_no_fresh_buckets() -> None:
+    """Made-up keys share their address's free-tier bucket; a real key keeps its own plan."""
+    module = load(ROOT / "examples" / "ratelimit_tiers_fastapi.py")
+    async with client_for(module.app, "198.51.100.7") as client:
+        statuses = [(await client.get("/items", headers={"X-API-Key": f"made-up-{i}"})).status_code for i in range(11)]
+        assert statuses == [200] * 10 + [429]  # the free tier (10/minute), not 11 fresh buckets
+        assert (await client.get("/items", headers={"X-API-Key": "key-premium"})).status_code == 200
+    async with client_for(module.app, "198.51.100.8") as client:
+        reports = [
+            (await client.post("/items/report", headers={"X-API-Key": f"other-{i}"})).status_code for i in range(3)
+        ]
+        assert reports == [200, 200, 429]  # @rate_limit("2/minute") per known key or address

@@ -120,6 +120,9 @@ class Rule:
             ``"header:<Name>"``, ``"user"`` (``scope["user"]`` set by an auth middleware; anonymous
             users fall back to their address), ``"global"`` (one bucket for everyone), or a
             sync/async callable of the request returning a string (None skips the rule).
+            ``"header:<Name>"`` keys on a value the *client* chooses: every invented value is a fresh
+            bucket, so use it only for a header a trusted gateway sets. For API keys, use a callable
+            that validates the key and keys unknown ones by address.
         path: glob pattern(s) the request path must match (``"/api/*"``; ``*`` also matches ``/``).
         methods: HTTP methods the rule applies to (all when None).
         cost: quota units a request takes: an int or a sync/async callable of the request.
