@@ -1,48 +1,54 @@
-"""``CacheMiddleware``: the ASGI adapter that drives the RFC 9111 policy over a :class:`Cache`."""
+"""``CacheMiddleware``: the ASGI adapter that drives the RFC 9111 state machine over a :class:`Cache`.
+
+The decisions are :mod:`._spec`'s (``on_request`` here, ``on_response`` in :mod:`._exchange`);
+this module routes a request to the step they name and does the I/O: lookups, collapsing
+(:mod:`._collapse`), background refreshes and invalidation.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import anyio
+from typing_extensions import assert_never
 
 from asgi_resilience._asgi import get_header, mark_arrival, send_problem
 from asgi_resilience._clock import Clock
 from asgi_resilience._durations import seconds
 from asgi_resilience._routing import EndpointOptions, mark_endpoint
 from asgi_resilience.caching._cache import L1_MAX_BYTES, MAX_BYTES, Cache
-from asgi_resilience.caching._headers import content_length
+from asgi_resilience.caching._collapse import Collapser, Flight
+from asgi_resilience.caching._exchange import CacheRequest, Exchange, Shared, serve
 from asgi_resilience.caching._policy import (
     CacheRule,
     CookiePolicy,
     Entry,
-    RequestDirectives,
-    StoreDecision,
     VaryMarker,
-    build_entry,
     cache_status,
-    client_conditional_matches,
-    decide_store,
     freshness,
     index_of,
     invalidation_targets,
     normalize_query,
-    not_modified_headers,
     primary_key,
     request_directives,
-    response_tags,
-    revalidation_headers,
-    update_from_304,
-    usable_fresh,
     variant_key,
     vary_values,
+)
+from asgi_resilience.caching._spec import (
+    FreshHit,
+    Miss,
+    NotCached,
+    Pass,
+    RequestFacts,
+    Revalidate,
+    StaleHit,
+    StorePolicy,
+    grace_allows,
+    on_request,
 )
 from asgi_resilience.errors import ConfigurationError, ProblemDetails
 from asgi_resilience.observability import Telemetry, resolve_telemetry
@@ -55,8 +61,19 @@ F = TypeVar("F")
 _SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
 _STRIPPED_FROM_CLIENT = frozenset({b"surrogate-key", b"cache-tag"})
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_RANGE_FIELDS = frozenset({b"range", b"if-range"})
+_PRECONDITIONS = (b"if-match", b"if-unmodified-since")
 _BYPASS = cache_status(fwd="bypass")
+_NOT_CACHED = ProblemDetails(
+    status=504,
+    type="not-cached",
+    title="Gateway Timeout",
+    detail="The request asked for only-if-cached and no usable stored response exists.",
+)
+
+
+def host_tag(host: str, index: str) -> str:
+    """The internal tag of one host's copies of a URL (user tags never contain spaces)."""
+    return f"uri {host}{index}"
 
 
 def cache(
@@ -67,11 +84,13 @@ def cache(
     stale_if_error: float | None = None,
     vary: Sequence[str] | str = (),
     allow_set_cookie: bool = False,
+    statuses: Collection[int] | None = None,
 ) -> Callable[[F], F]:
     """Endpoint decorator: cache this endpoint's responses for ``ttl`` seconds when it sets no freshness.
 
     ``@cache(ttl=60, tags=["products"])``. Needs a :class:`CacheMiddleware` in the stack; the
     options take precedence over ``rules=``. ``no-store``/``private`` from the endpoint still win.
+    ``statuses``: the statuses stored (``{200}`` keeps 404/410 answers out); see :class:`CacheRule`.
     """
     rule = CacheRule(
         "*",
@@ -81,47 +100,13 @@ def cache(
         stale_if_error=stale_if_error,
         vary=tuple(vary) if not isinstance(vary, str) else (vary,),
         allow_set_cookie=allow_set_cookie,
+        statuses=statuses,
     )
 
     def decorate(endpoint: F) -> F:
         return mark_endpoint(endpoint, "cache", rule)
 
     return decorate
-
-
-_PASS_SECONDS = 10.0  # how long a key whose response was not storable skips request collapsing
-_PASS_ENTRIES = 10_000
-
-
-@dataclass
-class _Flight:
-    """One in-process computation of a key that concurrent misses wait for.
-
-    When the response turns out not storable, the waiters are released as soon as its start arrives
-    (they call the app themselves: a response that cannot be stored cannot be shared either), and
-    the cross-process lease ``token`` is given back at the same moment.
-    """
-
-    key: str = ""
-    done: anyio.Event = field(default_factory=anyio.Event)
-    entry: Entry | None = None
-    token: str | None = None
-
-
-@dataclass
-class _Request:
-    """Per-request facts the adapter needs (never stored on the middleware)."""
-
-    scope: Scope
-    method: str
-    headers: list[tuple[bytes, bytes]]
-    key: str
-    index: str
-    rule: CacheRule | None
-    directives: RequestDirectives
-    has_auth: bool
-    marker: VaryMarker | None = None
-    entry_key: str | None = None
 
 
 class CacheMiddleware:
@@ -222,18 +207,32 @@ class CacheMiddleware:
         self.heuristic_fraction = float(heuristic_fraction)
         self.targeted_fields = tuple(name.lower() for name in targeted_fields)
         self._targeted = tuple(name.encode("ascii") for name in self.targeted_fields)
-        # fields the client never sees: tags always, targeted fields when an origin shield consumes them
-        self._hidden = _STRIPPED_FROM_CLIENT | (frozenset(self._targeted) if strip_targeted_fields else frozenset())
-        self._hide_on_hit = frozenset(self._targeted) if strip_targeted_fields else frozenset()
         self._endpoints = EndpointOptions("cache", app)
-        self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
-        # "hit-for-miss" (as Varnish calls it): keys whose last response could not be stored are not
-        # collapsed for a while, so that an uncacheable URL is never serialised behind one request
-        self._passing: dict[str, float] = {}
+        self._collapser = Collapser(self.cache, self._clock, self.lock_timeout)
+        self._flights = self._collapser.flights
+        # "hit-for-pass" (as Varnish calls it): keys whose last response could not be stored
+        self._passing = self._collapser.passing
         tel = self._telemetry = resolve_telemetry(telemetry)
         self._requests = tel.instrument("asgi_resilience.cache.requests")
         tel.register_snapshot("cache", self._snapshot)
+        hidden = _STRIPPED_FROM_CLIENT | (frozenset(self._targeted) if strip_targeted_fields else frozenset())
+        self._shared = Shared(
+            cache=self.cache,
+            clock=self._clock,
+            policy=StorePolicy(
+                default_swr=self.default_swr,
+                default_sie=self.default_sie,
+                heuristic_fraction=self.heuristic_fraction,
+                targeted=self._targeted,
+                max_body_size=max_body_size,
+            ),
+            collapser=self._collapser,
+            count=self._count,
+            telemetry=tel,
+            hidden=hidden,
+            hide_on_hit=frozenset(self._targeted) if strip_targeted_fields else frozenset(),
+        )
 
     # --- purge API (also on the shared Cache) -------------------------------------------------------------
 
@@ -251,8 +250,11 @@ class CacheMiddleware:
 
     def _count(self, result: str) -> None:
         self._requests.add(1, {"result": result})
-        if result != "stored":  # the request's result on its server span (a miss also when it starts, below)
+        if result != "stored":  # the request's result on its server span (a miss also when it starts)
             self._telemetry.span_attributes({"asgi_resilience.cache.result": result})
+
+    def _is_passing(self, key: str) -> bool:
+        return self._collapser.is_passing(key)
 
     # --- ASGI ------------------------------------------------------------------------------------------
 
@@ -295,24 +297,22 @@ class CacheMiddleware:
         await self.app(scope, receive, wrapped)
 
     async def _unsafe(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Forward; if the app succeeded, invalidate the target URI, Location and Content-Location."""
-        status = 0
-        headers: list[tuple[bytes, bytes]] = []
+        """Forward; if the app succeeded, invalidate this host's target URI, Location and Content-Location."""
+        seen: list[Message] = []
 
         async def wrapped(message: Message) -> None:
-            nonlocal status, headers
             if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
+                seen.append(message)
                 message = _with_status(message, _BYPASS)
             await send(message)
 
         self._count("bypass")
         await self.app(scope, receive, wrapped)
-        if 200 <= status < 400:
+        if seen and 200 <= int(seen[0]["status"]) < 400:
             host = _host(scope)
             query = normalize_query(scope.get("query_string", b"").decode("latin-1"))
-            await self.cache.purge_indexes(invalidation_targets(host, scope["path"], query, headers))
+            targets = invalidation_targets(host, scope["path"], query, list(seen[0].get("headers", [])))
+            await self.cache.purge_tags(*(host_tag(host, target) for target in targets))
 
     def _rule_for(self, scope: Scope) -> CacheRule | None:
         found = self._endpoints.lookup(scope)
@@ -324,82 +324,80 @@ class CacheMiddleware:
                 return rule
         return None
 
-    async def _cacheable(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
+    def _request(self, scope: Scope, method: str) -> CacheRequest | None:
+        """The request's key and facts, or None when it bypasses the cache."""
         rule = self._rule_for(scope)
         headers = list(scope.get("headers", []))
         directives = request_directives(headers)
         cookie = get_header(scope, b"cookie")
         if (rule is not None and rule.bypass) or directives.no_store or (cookie and self.cookie_policy == "bypass"):
-            await self._bypass(scope, receive, send)
-            return
+            return None
         raw_query = scope.get("query_string", b"").decode("latin-1")
         query = normalize_query(raw_query) if self.normalize_query else raw_query
-        key = primary_key(
-            scope.get("scheme", "http"),
-            _host(scope),
-            scope["path"],
-            query,
-            cookie=cookie if self.cookie_policy == "vary" else None,
+        host = _host(scope)
+        cookie = cookie if self.cookie_policy == "vary" else None
+        index = index_of(scope["path"], normalize_query(raw_query))
+        names = {k for k, _ in headers}
+        facts = RequestFacts(
+            method=method,
+            directives=directives,
+            has_auth=b"authorization" in names,
+            ranged=method == "GET" and b"range" in names,
+            conditional=any(name in names for name in _PRECONDITIONS),
         )
-        req = _Request(
+        return CacheRequest(
             scope=scope,
             method=method,
             headers=headers,
-            key=key,
-            index=index_of(scope["path"], normalize_query(raw_query)),
+            key=primary_key(scope.get("scheme", "http"), host, scope["path"], query, cookie=cookie),
+            index=index,
+            host_tag=host_tag(host, index),
             rule=rule,
-            directives=directives,
-            has_auth=get_header(scope, b"authorization") is not None,
+            facts=facts,
         )
-        passing = self._is_passing(req.key)
-        if passing:
-            # hit-for-pass: this URL's last response could not be stored, so there is nothing to look up
-            # or to collapse for a few seconds (no backend round trip; a load-shedding layer below
-            # rejects cheaply)
-            req.entry_key = req.key
-            entry = None
-        else:
-            entry = await self._lookup(req)
-        if entry is not None and req.has_auth and not entry.shared_auth:
-            entry = None  # stored for anonymous requests only (RFC 9111 section 3.5)
-        now = self._clock()
-        if entry is not None:
-            f = freshness(entry, now)
-            if usable_fresh(f, directives):
-                self._count("hit")
-                await self._serve(req, send, entry, hit=True)
-                return
-            stale_for = -f.ttl
-            if (
-                not f.fresh
-                and not directives.no_cache
-                and not entry.must_revalidate
-                and entry.swr > 0
-                and stale_for <= entry.swr
-                and (directives.max_age is None or f.age <= directives.max_age)
-            ):
-                self._count("stale")
-                await self._serve(req, send, entry, hit=True, fwd="stale")
-                await self._refresh(req, entry)
-                return
-        if directives.only_if_cached:
-            self._count("miss")
-            problem = ProblemDetails(
-                status=504,
-                type="not-cached",
-                title="Gateway Timeout",
-                detail="The request asked for only-if-cached and no usable stored response exists.",
-            )
-            await send_problem(
-                send, problem, extra_headers=[(b"cache-status", cache_status(fwd="miss"))], head=method == "HEAD"
-            )
-            return
-        if passing:
-            await self._forward(req, receive, send, None, None)
-            return
-        await self._collapse(req, receive, send, entry)
 
-    async def _lookup(self, req: _Request) -> Entry | None:
+    async def _cacheable(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
+        req = self._request(scope, method)
+        if req is None:
+            await self._bypass(scope, receive, send)
+            return
+        passing = self._collapser.is_passing(req.key)
+        # a hit-for-pass key is not looked up in a shared backend (no round trip), only in memory
+        entry = self._peek(req) if passing else await self._lookup(req)
+        step = on_request(entry, req.facts, self._clock(), passing=passing)
+        if isinstance(step, FreshHit):
+            self._count("hit")
+            await serve(self._shared, req, send, step.entry, hit=True)
+        elif isinstance(step, StaleHit):
+            self._count("stale")
+            await serve(self._shared, req, send, step.entry, hit=True, fwd="stale")
+            await self._refresh(req, step.entry)
+        elif isinstance(step, NotCached):
+            self._count("miss")
+            extra = [(b"cache-status", cache_status(fwd="miss"))]
+            await send_problem(send, _NOT_CACHED, extra_headers=extra, head=method == "HEAD")
+        elif isinstance(step, Pass):
+            await Exchange(self._shared, req, send, as_sent=True).run(self.app, receive)
+        elif isinstance(step, Revalidate):
+            await self._collapse(req, receive, send, step.entry)
+        elif isinstance(step, Miss):
+            await self._collapse(req, receive, send, None)
+        else:
+            assert_never(step)
+
+    # --- lookups ---------------------------------------------------------------------------------------
+
+    def _peek(self, req: CacheRequest) -> Entry | None:
+        """The entry from memory only (the memory backend or the L1), never a backend round trip."""
+        req.entry_key = req.key
+        value = self.cache.peek(req.key)
+        if isinstance(value, VaryMarker):
+            req.marker = value
+            req.entry_key = variant_key(req.key, value.nonce, vary_values(value.names, req.headers))
+            value = self.cache.peek(req.entry_key)
+        return value if isinstance(value, Entry) else None
+
+    async def _lookup(self, req: CacheRequest) -> Entry | None:
         value = self.cache.peek(req.key)
         if value is None:
             value = await self.cache.get(req.key)
@@ -413,171 +411,69 @@ class CacheMiddleware:
             req.entry_key = req.key
         return value if isinstance(value, Entry) else None
 
-    # --- serving stored responses ----------------------------------------------------------------------
-
-    async def _serve(
-        self,
-        req: _Request,
-        send: Send,
-        entry: Entry,
-        *,
-        hit: bool = False,
-        fwd: str | None = None,
-        fwd_status: int | None = None,
-        collapsed: bool = False,
-        detail: str | None = None,
-    ) -> None:
-        f = freshness(entry, self._clock())
-        status_value = cache_status(
-            hit=hit, fwd=fwd, fwd_status=fwd_status, ttl=f.ttl, collapsed=collapsed, detail=detail
-        )
-        extra = [(b"age", str(min(int(f.age), 2**31)).encode()), (b"cache-status", status_value)]
-        if req.method in ("GET", "HEAD") and client_conditional_matches(req.headers, entry):
-            headers = [*not_modified_headers(entry), *extra]
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        stored = (
-            entry.headers if not self._hide_on_hit else [(k, v) for k, v in entry.headers if k not in self._hide_on_hit]
-        )
-        await send({"type": "http.response.start", "status": entry.status, "headers": [*stored, *extra]})
-        await send({"type": "http.response.body", "body": b"" if req.method == "HEAD" else entry.body})
-
-    # --- forwarding to the app -------------------------------------------------------------------------
-
-    async def _collapse(self, req: _Request, receive: Receive, send: Send, stale: Entry | None) -> None:
-        """Single flight: the first miss of a key calls the app, concurrent ones wait for its result."""
-        flight_key = req.entry_key or req.key
-        if self._is_passing(flight_key):  # a variant (Vary) key whose last response was not storable
-            await self._forward(req, receive, send, stale, None)
-            return
-        flight = self._flights.get(flight_key)
-        if flight is not None:
-            timed_out = True
-            with anyio.move_on_after(self.lock_timeout):
-                await flight.done.wait()
-                timed_out = False
-            shared = flight.entry
-            if shared is not None and self._shareable(shared, req):
-                self._count("hit")
-                await self._serve(req, send, shared, fwd="miss", collapsed=True)
-                return
-            if timed_out and stale is not None and self._grace_allows(stale):
-                self._count("stale")
-                await self._serve(req, send, stale, hit=True, fwd="stale", detail="lock-timeout")
-                return
-            await self._forward(req, receive, send, stale, None)
-            return
-        flight = _Flight(key=flight_key)
-        self._flights[flight_key] = flight
-        try:
-            if self.cache.store.shared and req.method == "GET":
-                flight.token = await self.cache.call(
-                    "lease", lambda: self.cache.store.acquire_lease(flight_key, self.lock_timeout), "local"
-                )
-                if flight.token is None:
-                    outcome = await self._await_other_process(req, send, flight_key, flight)
-                    if outcome == "served":
-                        return
-                    if outcome == "pass":
-                        self._end_flight(flight)  # the other process's response was not storable
-                        await self._forward(req, receive, send, stale, None)
-                        return
-            await self._forward(req, receive, send, stale, flight)
-        finally:
-            await self._release_lease(flight)
-            self._end_flight(flight)
-
-    def _end_flight(self, flight: _Flight) -> None:
-        flight.done.set()
-        if self._flights.get(flight.key) is flight:
-            del self._flights[flight.key]
-
-    async def _release_lease(self, flight: _Flight) -> None:
-        token, flight.token = flight.token, None
-        if token is not None and token != "local":
-            await self.cache.call("lease", lambda: self.cache.store.release_lease(flight.key, token), None)
-
-    def _is_passing(self, key: str) -> bool:
-        until = self._passing.get(key)
-        if until is None:
-            return False
-        if until > self._clock():
-            return True
-        del self._passing[key]
-        return False
-
-    def _mark_passing(self, key: str) -> None:
-        if len(self._passing) >= _PASS_ENTRIES:
-            self._passing.clear()
-        self._passing[key] = self._clock() + _PASS_SECONDS
-
-    async def _await_other_process(self, req: _Request, send: Send, key: str, flight: _Flight) -> str:
-        """Another process holds the lease: poll the backend for its result within ``lock_timeout``.
-
-        ``"served"``: its stored result was served. ``"pass"``: the lease was given back without a stored
-        result (the response was not storable, or its holder failed): call the app without collapsing.
-        ``"timeout"``: still nothing after ``lock_timeout``.
-        """
-        delay = 0.005
-        with anyio.move_on_after(self.lock_timeout):
-            while True:
-                await anyio.sleep(delay)
-                # at most 50 ms between polls: one GET per poll is cheap, and a waiter that learns late
-                # that it must call the app itself adds the delay to its response time
-                delay = min(delay * 2, 0.05)
-                value = await self._fetch_shared(req, key)
-                if value is None:
-                    token = await self.cache.call(
-                        "lease", lambda: self.cache.store.acquire_lease(key, self.lock_timeout), None
-                    )
-                    if token is None:
-                        continue
-                    # the holder gave the lease back: it stored its result just before, or it had none
-                    value = await self._fetch_shared(req, key)
-                    await self.cache.call("lease", functools.partial(self.cache.store.release_lease, key, token), None)
-                    if value is None:
-                        if not self.cache.available:
-                            continue  # that "miss" was a backend failure, not an answer: keep waiting
-                        self._mark_passing(key)
-                        return "pass"
-                flight.entry = value
-                self._count("hit")
-                await self._serve(req, send, value, fwd="miss", collapsed=True)
-                return "served"
-        return "timeout"
-
-    async def _fetch_shared(self, req: _Request, key: str) -> Entry | None:
-        """A fresh entry for ``key`` this request may be served, read from the backend (not L1)."""
-        value = await self.cache.get(key)
+    async def _fetch_shared(self, req: CacheRequest) -> Entry | None:
+        """A fresh entry for the request's key it may be served, read from the backend (not L1)."""
+        value = await self.cache.get(req.key)
         if isinstance(value, VaryMarker):
             value = await self.cache.get(variant_key(req.key, value.nonce, vary_values(value.names, req.headers)))
         if isinstance(value, Entry) and self._shareable(value, req) and freshness(value, self._clock()).fresh:
             return value
         return None
 
-    def _shareable(self, entry: Entry, req: _Request) -> bool:
-        if req.has_auth and not entry.shared_auth:
+    def _shareable(self, entry: Entry, req: CacheRequest) -> bool:
+        if req.facts.has_auth and not entry.shared_auth:
             return False
-        if entry.vary and vary_values(tuple(n for n, _ in entry.vary), req.headers) != entry.vary:
-            return False
-        return True
+        return not entry.vary or vary_values(tuple(n for n, _ in entry.vary), req.headers) == entry.vary
 
-    def _grace_allows(self, stale: Entry, *, error: bool = False) -> bool:
-        if stale.must_revalidate:
-            return False
-        f = freshness(stale, self._clock())
-        window = stale.sie if error else max(stale.swr, stale.sie)
-        return window > 0 and -f.ttl <= window
+    # --- collapsing and refreshing ---------------------------------------------------------------------
 
-    async def _refresh(self, req: _Request, stale: Entry) -> None:
+    async def _collapse(self, req: CacheRequest, receive: Receive, send: Send, stale: Entry | None) -> None:
+        """Single flight: the first miss of a key calls the app, concurrent ones wait for its entry.
+
+        Requests with ``Authorization`` neither lead nor wait: their responses are rarely shareable.
+        """
+        collapser, key = self._collapser, req.flight_key
+        if req.facts.has_auth or collapser.is_passing(key):  # a variant key can be hit-for-pass too
+            await Exchange(self._shared, req, send, stale=stale).run(self.app, receive)
+            return
+        joined = await collapser.join(key)
+        if joined is not None:
+            shared, timed_out = joined
+            if shared is not None and self._shareable(shared, req):
+                self._count("hit")
+                await serve(self._shared, req, send, shared, fwd="miss", collapsed=True)
+            elif timed_out and stale is not None and grace_allows(stale, self._clock()):
+                self._count("stale")
+                await serve(self._shared, req, send, stale, hit=True, fwd="stale", detail="lock-timeout")
+            else:
+                await Exchange(self._shared, req, send, stale=stale).run(self.app, receive)
+            return
+        flight = collapser.begin(key)
+        leader: Flight | None = flight
+        try:
+            if self.cache.store.shared and req.method == "GET" and not await collapser.acquire_lease(flight):
+                outcome = await collapser.await_other_process(key, lambda: self._fetch_shared(req))
+                if isinstance(outcome, Entry):
+                    flight.entry = outcome
+                    self._count("hit")
+                    await serve(self._shared, req, send, outcome, fwd="miss", collapsed=True)
+                    return
+                if outcome == "pass":
+                    collapser.end(flight)  # the other process's response was not storable
+                    leader = None
+            await Exchange(self._shared, req, send, stale=stale, flight=leader).run(self.app, receive)
+        finally:
+            await collapser.release_lease(flight)
+            collapser.end(flight)
+
+    async def _refresh(self, req: CacheRequest, stale: Entry) -> None:
         """stale-while-revalidate: after the stale response went out, revalidate once per key."""
-        key = req.entry_key or req.key
+        key = req.flight_key
         if key in self._refreshing or key in self._flights:
             return
         self._refreshing.add(key)
-        sent = False
         done = anyio.Event()
+        sent = False
 
         async def receive() -> Message:
             nonlocal sent
@@ -591,221 +487,23 @@ class CacheMiddleware:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 done.set()
 
-        flight = _Flight(key=key)
-        self._flights[key] = flight
-        # the client's own conditionals must not turn the refresh into a 304 we cannot store
-        headers, _ = revalidation_headers(req.headers, stale)
-        scope = {**req.scope, "headers": headers, "method": "GET"}  # a HEAD's refresh fetches the storable GET
-        refresh = _Request(**{**req.__dict__, "scope": scope, "headers": headers, "method": "GET"})
+        flight = self._collapser.begin(key)
+        # a HEAD's refresh fetches the storable GET; the client's conditionals and Range stay out
+        scope = {**req.scope, "method": "GET"}
+        facts = RequestFacts(method="GET", directives=req.facts.directives)
+        refresh = CacheRequest(**{**req.__dict__, "scope": scope, "method": "GET", "facts": facts})
         try:
-            if self.cache.store.shared:  # one refresh across workers too: the same lease as a miss
-                flight.token = await self.cache.call(
-                    "lease", lambda: self.cache.store.acquire_lease(key, self.lock_timeout), "local"
-                )
-                if flight.token is None:
-                    return
-            await self._forward(refresh, receive, discard, stale, flight, silent=True)
+            if self.cache.store.shared and not await self._collapser.acquire_lease(flight):
+                return  # one refresh across workers too: the same lease as a miss
+            await Exchange(self._shared, refresh, discard, stale=stale, flight=flight, silent=True).run(
+                self.app, receive
+            )
         except Exception as exc:
             logger.warning("background revalidation of a stale cache entry failed: %s", type(exc).__name__)
         finally:
-            await self._release_lease(flight)
+            await self._collapser.release_lease(flight)
             self._refreshing.discard(key)
-            self._end_flight(flight)
-
-    async def _forward(
-        self,
-        req: _Request,
-        receive: Receive,
-        send: Send,
-        stale: Entry | None,
-        flight: _Flight | None,
-        *,
-        silent: bool = False,
-    ) -> None:
-        """Call the app; tee its response into the store; revalidate ``stale``; serve it on errors.
-
-        ``silent``: a background refresh, whose ``send`` discards everything; it is not counted.
-        """
-        count: Callable[[str], None] = self._count if not silent else _ignore
-        scope = req.scope
-        validated = False
-        if stale is not None:
-            headers, validated = revalidation_headers(req.headers, stale)
-            if validated:
-                scope = {**scope, "headers": headers}
-        fwd = "request" if req.directives.no_cache else ("stale" if stale is not None else "miss")
-        sie_allowed = stale is not None and self._grace_allows(stale, error=True)
-        request_time = self._clock()
-        response_time = request_time
-        mode = "pass"  # pass | update (a 304 for our validators) | error (stale-if-error)
-        started = False
-        finished = False
-        upstream_status = 0
-        upstream_headers: list[tuple[bytes, bytes]] = []
-        capture: list[bytes] | None = None
-        size = 0
-        decision: StoreDecision | None = None
-        tags: tuple[str, ...] = ()
-        entry: Entry | None = None
-
-        async def wrapped(message: Message) -> None:
-            nonlocal started, finished, mode, upstream_status, upstream_headers, capture, size
-            nonlocal decision, tags, response_time, entry
-            kind = message["type"]
-            if kind == "http.response.start":
-                started = True
-                response_time = self._clock()
-                upstream_status = int(message["status"])
-                upstream_headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
-                if validated and upstream_status == 304:
-                    mode = "update"
-                    return
-                if sie_allowed and upstream_status >= 500:
-                    mode = "error"
-                    return
-                decision = None
-                if req.method == "GET" and not message.get("trailers", False):
-                    decision = decide_store(
-                        method=req.method,
-                        status=upstream_status,
-                        headers=upstream_headers,
-                        request_time=request_time,
-                        response_time=response_time,
-                        has_authorization=req.has_auth,
-                        rule=req.rule,
-                        default_swr=self.default_swr,
-                        default_sie=self.default_sie,
-                        heuristic_fraction=self.heuristic_fraction,
-                        targeted=self._targeted,
-                    )
-                will_store = decision is not None and decision.store
-                if decision is not None and not decision.store and logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("response to %s not stored: %s", req.index, decision.reason)
-                length = content_length(upstream_headers)
-                if will_store and length is not None and length > self.max_body_size:
-                    will_store = False
-                if will_store:
-                    capture = []
-                    rule_tags = req.rule.tags if req.rule is not None else ()
-                    tags = tuple(dict.fromkeys([*rule_tags, *response_tags(upstream_headers)]))
-                out = _client_headers(upstream_headers, self._hidden)
-                out.append((b"cache-status", cache_status(fwd=fwd, fwd_status=None, stored=will_store)))
-                if not silent:  # a server span may end with the response, before the miss is counted
-                    self._telemetry.span_attributes({"asgi_resilience.cache.result": "miss"})
-                if not will_store and req.method == "GET":
-                    self._mark_passing(req.entry_key or req.key)
-                    if flight is not None:
-                        self._end_flight(flight)  # waiters call the app themselves, now, not after our body
-                await send({**message, "headers": out})
-                if not will_store and flight is not None:
-                    await self._release_lease(flight)
-                return
-            if kind == "http.response.body":
-                more = bool(message.get("more_body", False))
-                if mode != "pass":
-                    finished = finished or not more
-                    return
-                if capture is not None:
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body_size:
-                        capture = None
-                    else:
-                        capture.append(chunk)
-                await send(message)
-                if not more:
-                    finished = True
-                    if capture is not None and decision is not None:
-                        entry = self._build(
-                            req, decision, upstream_status, upstream_headers, capture, tags, request_time, response_time
-                        )
-                        if flight is not None:
-                            flight.entry = entry
-                return
-            capture = None  # pathsend, trailers, ...: nothing we can store
-            await send(message)
-
-        try:
-            await self.app(scope, receive, wrapped)
-        except Exception:
-            if stale is not None and sie_allowed and (not started or mode == "error"):
-                count("stale")
-                await self._serve(req, send, stale, hit=True, fwd="stale", detail="error")
-                return
-            raise
-        if mode == "update" and stale is not None:
-            updated = update_from_304(
-                stale, upstream_headers, request_time, response_time, req.rule, targeted=self._targeted
-            )
-            count("hit")
-            await self._serve(req, send, updated, hit=True, fwd="stale", fwd_status=304)
-            if flight is not None:
-                flight.entry = updated
-            await self._store(req, updated)
-            return
-        if mode == "error" and stale is not None:
-            count("stale")
-            await self._serve(req, send, stale, hit=True, fwd="stale", fwd_status=upstream_status)
-            return
-        if not started and stale is not None and sie_allowed:
-            count("stale")
-            await self._serve(req, send, stale, hit=True, fwd="stale", detail="no-response")
-            return
-        count("miss")
-        if entry is not None and finished:
-            self._passing.pop(req.entry_key or req.key, None)
-            count("stored")
-            await self._store(req, entry)
-
-    def _build(
-        self,
-        req: _Request,
-        decision: StoreDecision,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        capture: list[bytes],
-        tags: tuple[str, ...],
-        request_time: float,
-        response_time: float,
-    ) -> Entry:
-        body = b"".join(capture)
-        # the stored length is the length of the stored body, whatever the app declared (a
-        # Content-Length next to Transfer-Encoding is not to be trusted, RFC 9112 section 6.3)
-        headers = [(k, v) for k, v in headers if k != b"content-length"]
-        if status not in (204, 304) and status >= 200:
-            headers.append((b"content-length", str(len(body)).encode()))
-        return build_entry(
-            decision,
-            status=status,
-            headers=headers,
-            body=body,
-            request_time=request_time,
-            response_time=response_time,
-            vary=vary_values(decision.vary, req.headers) if decision.vary else (),
-            tags=tags,
-            index=req.index,
-        )
-
-    async def _store(self, req: _Request, entry: Entry) -> None:
-        """Write ``entry`` (after the response went out): under a Vary marker when it varies."""
-        ttl = entry.storage_ttl()
-        if entry.vary:
-            names = tuple(n for n, _ in entry.vary)
-            marker = req.marker
-            if marker is None or marker.names != names:
-                current = await self.cache.get(req.key)
-                marker = current if isinstance(current, VaryMarker) and current.names == names else None
-            if marker is None:
-                marker = VaryMarker(names=names, nonce=secrets.token_hex(4))
-            await self.cache.set(req.key, marker, max(ttl, 3600.0), index=req.index, tags=())
-            key = variant_key(req.key, marker.nonce, entry.vary)
-        else:
-            key = req.key
-        await self.cache.set(key, entry, ttl, index=req.index, tags=entry.tags)
-
-
-def _ignore(result: str) -> None:
-    return None
+            self._collapser.end(flight)
 
 
 def _with_status(message: Message, value: bytes) -> Message:
@@ -820,17 +518,3 @@ def _host(scope: Scope) -> str:
     if server:
         return f"{server[0]}:{server[1]}"
     return ""
-
-
-def _client_headers(headers: list[tuple[bytes, bytes]], hidden: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
-    """The app's response fields as the client gets them on a miss.
-
-    ``Transfer-Encoding`` is hop-by-hop: the server in front of us frames the body itself, and a
-    ``Content-Length`` sent next to it cannot be trusted (RFC 9112 section 6.3), so both go.
-    """
-    chunked = any(k == b"transfer-encoding" for k, _ in headers)
-    drop = hidden | _FRAMING if chunked else hidden
-    return [(k, v) for k, v in headers if k not in drop]
-
-
-_FRAMING = frozenset({b"transfer-encoding", b"content-length"})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -117,6 +117,13 @@ class CacheRule:
     no such directive. ``tags`` are added to every entry stored under the rule. ``allow_set_cookie``
     stores responses that set cookies (the stored copy never carries ``Set-Cookie``).
     ``vary`` adds request headers to the key. ``bypass=True`` never caches matching paths.
+
+    ``statuses``: the response statuses stored under the rule. By default (``None``) the RFC 9111
+    behaviour: a response with explicit freshness (``max-age``...) is stored for any status the
+    cache understands, and ``ttl`` applies to the heuristically cacheable ones (200, 203, 204,
+    300, 301, 308, 404, 405, 410, 414, 501), so a 404 or 410 is cached too. ``statuses={200}``
+    turns negative caching off; listing a status also lets ``ttl`` apply to it.
+    206 and 304 are never stored.
     """
 
     path: str = "*"
@@ -127,6 +134,7 @@ class CacheRule:
     vary: tuple[str, ...] = ()
     allow_set_cookie: bool = False
     bypass: bool = False
+    statuses: Collection[int] | None = None
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +152,24 @@ class CacheRule:
         vary = (self.vary,) if isinstance(self.vary, str) else tuple(self.vary)
         object.__setattr__(self, "vary", tuple(v.strip().lower() for v in vary))
         object.__setattr__(self, "_pattern", _compile_glob(self.path))
+        if self.statuses is not None:
+            if isinstance(self.statuses, (str, bytes, int)):
+                raise ConfigurationError(f"statuses must be a collection of status codes, got {self.statuses!r}")
+            for status in self.statuses:
+                if (
+                    not isinstance(status, int)
+                    or isinstance(status, bool)
+                    or not 200 <= status <= 599
+                    or status
+                    in (
+                        206,
+                        304,
+                    )
+                ):
+                    raise ConfigurationError(
+                        f"statuses must be final status codes 200-599 other than 206 and 304, got {status!r}"
+                    )
+            object.__setattr__(self, "statuses", frozenset(self.statuses))
 
     def matches(self, path: str) -> bool:
         return self._pattern.match(path) is not None
@@ -191,11 +217,15 @@ def request_directives(headers: RawHeaders) -> RequestDirectives:
 
 
 def normalize_query(query: str) -> str:
-    """Query parameters sorted by name (then value), so ``?b=1&a=2`` and ``?a=2&b=1`` share an entry."""
+    """Query parameters sorted by name only, so ``?b=1&a=2`` and ``?a=2&b=1`` share an entry.
+
+    The sort is stable: repeated names keep their order (``?id=1&id=2`` is not ``?id=2&id=1``, and
+    an app that reads the last value gets a different answer for each).
+    """
     if not query:
         return ""
     pairs = parse_qsl(query, keep_blank_values=True)
-    return urlencode(sorted(pairs))
+    return urlencode(sorted(pairs, key=lambda pair: pair[0]))
 
 
 def index_of(path: str, query: str) -> str:
@@ -375,7 +405,10 @@ def decide_store(
     """
     if method != "GET":
         return _refuse("method")
-    if status < 200 or status == 206 or status == 304 or status not in UNDERSTOOD_STATUSES:
+    chosen = rule.statuses if rule is not None else None
+    if status < 200 or status == 206 or status == 304:
+        return _refuse("status")
+    if status not in (UNDERSTOOD_STATUSES if chosen is None else chosen):
         return _refuse("status")
     cc, use_expires = response_directives(headers, targeted)
     if "no-store" in cc:
@@ -410,7 +443,7 @@ def decide_store(
             # an invalid Expires, or several of them, means "already expired" (RFC 9111 section 5.3)
             expires = parse_http_date(expires_raw[0]) if len(expires_raw) == 1 else None
             lifetime = 0.0 if expires is None else max(0.0, expires - (date if date is not None else response_time))
-    if lifetime is None and rule is not None and rule.ttl is not None and status in HEURISTIC_STATUSES:
+    if lifetime is None and rule is not None and rule.ttl is not None and status in (chosen or HEURISTIC_STATUSES):
         lifetime = float(rule.ttl)
     if lifetime is None and (status in HEURISTIC_STATUSES or "public" in cc):
         last_modified = parse_http_date(header(headers, b"last-modified"))

@@ -13,6 +13,7 @@ that the complete ``200`` can be stored, and ranges are cut from it here:
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Sequence
 
 from asgi_resilience.caching._headers import header, parse_http_date
@@ -40,7 +41,7 @@ def parse_ranges(value: bytes, length: int) -> Ranges | Unsatisfiable | None:
     many ranges, or an empty representation). Ranges that overlap are coalesced in ascending order.
     """
     unit, sep, spec = value.partition(b"=")
-    if not sep or unit.strip(b" \t").lower() != b"bytes" or length <= 0:
+    if not sep or unit.lower() != b"bytes" or length <= 0:
         return None
     ranges: Ranges = []
     count = 0
@@ -61,11 +62,11 @@ def parse_ranges(value: bytes, length: int) -> Ranges | Unsatisfiable | None:
                 ranges.append((max(0, length - suffix), length - 1))
             continue
         first = int(first_raw)
-        last = length - 1 if last_raw is None else int(last_raw)
-        if last < first:
+        if last_raw is not None and int(last_raw) < first:
             return None  # an invalid range-spec makes the whole field invalid
         if first < length:
-            ranges.append((first, min(last, length - 1)))
+            last = length - 1 if last_raw is None else min(int(last_raw), length - 1)
+            ranges.append((first, last))
     if count == 0:
         return None
     if not ranges:
@@ -101,11 +102,12 @@ def render_range(
     body: bytes,
     request_headers: RawHeaders,
     *,
-    boundary: str,
+    boundary: str | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
     """The ``206``/``416`` answer to the request's ``Range`` from a complete ``200``, or None for the whole ``200``.
 
-    ``headers`` are the stored response's (lower-case names); ``boundary`` separates multipart parts.
+    ``headers`` are the stored response's (lower-case names); ``boundary`` separates multipart parts
+    (a random one by default).
     """
     if status != 200:
         return None
@@ -141,6 +143,7 @@ def render_range(
             part,
         )
     content_type = header(headers, b"content-type")
+    boundary = boundary or secrets.token_hex(12)
     delimiter = b"--" + boundary.encode("ascii")
     chunks: list[bytes] = []
     for first, last in ranges:

@@ -73,6 +73,7 @@ async def test_entries_are_msgpack_with_ttl_and_indexes(redis_url: str, caches: 
             "asgi-resilience:cache:e:http://testserver/x?a=2&b=1",
             "asgi-resilience:cache:i:/x?a=2&b=1",
             "asgi-resilience:cache:t:a",
+            "asgi-resilience:cache:t:uri testserver/x?a=2&b=1",  # this host's copies, for invalidation
         ]
         ttl = client.pttl(keys[0])
         assert 0 < ttl <= 120_000
