@@ -66,7 +66,7 @@ async def raw_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @rate_limit("5/minute", key="header:X-API-Key", name="writes")
-@cache(ttl=60, tags=("products",))
+@cache(ttl=60, tags=("products",), statuses={200, 404})
 @timeout(5.0)
 async def endpoint(request: Request) -> Response:
     deadline: float | None = current_deadline()
@@ -91,6 +91,12 @@ def wrap_directly() -> ASGIApp:
     app = TimeoutMiddleware(app, trusted_proxies=TrustedProxies(2))
     app = CacheMiddleware(app, cache=Cache("memory://"), max_body_size=1_048_576, l1_entries=0)
     app = CacheMiddleware(app, backend="memory://", max_entries=5_000, max_bytes=64 * 1024 * 1024)
+    app = CacheMiddleware(
+        app,
+        rules=[CacheRule("/api/*", ttl=30, statuses=[200])],
+        targeted_fields=("Acme-Cache-Control", "CDN-Cache-Control"),
+        strip_targeted_fields=True,
+    )
     app = CacheMiddleware(app, cache=Cache("redis://localhost", l1_entries=1_000, l1_max_bytes=8 * 1024 * 1024))
     app = TimeoutMiddleware(app, timeout=timedelta(seconds=3), mode="complete", idle_timeout=1.0)
     app = ConcurrencyLimitMiddleware(app, max_concurrent=10, adaptive=True, min_concurrent=2)
