@@ -351,3 +351,27 @@ async def test_close_stops_the_history_sampler() -> None:
     size = len(app.history._ring)
     await anyio.sleep(0.05)
     assert len(app.history._ring) == size
+
+
+@pytest.mark.timeout(15)
+async def test_a_receive_that_never_suspends_cannot_keep_the_stream_alive() -> None:
+    # Without a checkpoint in the disconnect watcher, this receive starves the event loop for ever:
+    # the stream never ends and the task never sees its cancellation.
+    app = open_dashboard(interval=0.01, stream_seconds=0.05)
+    calls = 0
+
+    async def receive() -> Any:
+        nonlocal calls
+        calls += 1
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    try:
+        await app(http_scope(path="/stream"), receive, send)
+    finally:
+        app.close()
+    assert sent[-1] == {"type": "http.response.body", "body": b""} and calls > 1

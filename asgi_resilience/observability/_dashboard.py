@@ -34,6 +34,7 @@ from importlib import resources
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from asgi_resilience._asgi import send_problem
 from asgi_resilience.errors._exceptions import ConfigurationError
@@ -251,6 +252,9 @@ class DashboardApp:
                     if message["type"] == "http.disconnect":
                         group.cancel_scope.cancel()
                         return
+                    # a receive that answers without ever suspending (request messages again and again)
+                    # must not starve the stream or make this task deaf to its cancellation
+                    await anyio.lowlevel.checkpoint()
 
             group.start_soon(watch_disconnect)
             try:
