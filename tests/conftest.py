@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from asgi_resilience.policies import reset_policies
 from asgi_resilience.testing import RedisServer
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -23,6 +24,15 @@ REDIS_HINT = "redis-server is not on PATH: install it (apt-get install redis-ser
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def fresh_policy_registries() -> Iterator[None]:
+    """Named policies and per-origin breaker state are process-wide by design: every test starts clean,
+    whichever test (an example, a docs block) created a name before it."""
+    reset_policies()
+    yield
+    reset_policies()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
