@@ -170,10 +170,8 @@ class EndpointOptions:
     def _search(self, routes: Any, scope: Scope, depth: int) -> Any | None:
         if depth > _MAX_DEPTH:
             return None
-        try:
-            from starlette.routing import Match
-        except ImportError:  # pragma: no cover - starlette is a dependency
-            return None
+        from starlette.routing import Match
+
         partial: Any = _MISSING
         for route in routes:
             try:

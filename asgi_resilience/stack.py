@@ -60,6 +60,8 @@ from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
+    from asgi_resilience.client import AsyncResilientTransport
+
 __all__ = [
     "CacheLayer",
     "CacheOptions",
@@ -190,17 +192,8 @@ _SPECS: dict[str, _LayerSpec] = {
 
 
 def _load_class(spec: _LayerSpec) -> type[Any]:
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError as exc:  # pragma: no cover - the package ships every module
-        raise ConfigurationError(f"the {spec.name} layer cannot be imported: {exc}") from exc
-    cls = getattr(module, spec.cls, None)
-    if cls is None:
-        raise ConfigurationError(
-            f"the {spec.name} layer ({spec.cls}) is not available in this version of asgi-resilience; "
-            f"pass {spec.name}=False to build the stack without it"
-        )
-    return cls  # type: ignore[no-any-return]
+    cls: type[Any] = getattr(importlib.import_module(spec.module), spec.cls)
+    return cls
 
 
 def _rule(value: Any) -> Any:
@@ -443,7 +436,9 @@ class ResilienceStack:
 
     __call__ = wrap
 
-    def transport(self, transport: Any = None, *, shared_breaker_state: bool = False, **options: Any) -> Any:
+    def transport(
+        self, transport: Any = None, *, shared_breaker_state: bool = False, **options: Any
+    ) -> AsyncResilientTransport:
         """An ``AsyncResilientTransport`` reporting to this stack's telemetry.
 
         With ``shared_breaker_state=True`` the breaker state lives in the stack's Redis (opt-in, shared
@@ -455,11 +450,9 @@ class ResilienceStack:
             if self.redis is None:
                 raise ConfigurationError("shared_breaker_state=True needs the stack's redis= URL or client")
             options["state"] = self.redis
-        module = importlib.import_module("asgi_resilience.client")
-        cls = getattr(module, "AsyncResilientTransport", None)
-        if cls is None:  # pragma: no cover - only while the client transports are missing
-            raise ConfigurationError("AsyncResilientTransport is not available in this version of asgi-resilience")
-        return cls(transport, **options, telemetry=self.telemetry)
+        from asgi_resilience.client import AsyncResilientTransport
+
+        return AsyncResilientTransport(transport, **options, telemetry=self.telemetry)
 
     def snapshot(self) -> dict[str, Any]:
         """The telemetry snapshot plus the stack's layer order (what the dashboard shows)."""

@@ -104,12 +104,9 @@ def _builtin_resolvers() -> dict[type[BaseException], _Resolver]:
         httpx.TimeoutException: _from_upstream_timeout,
         httpx.TransportError: _from_upstream_error,
     }
-    try:
-        from starlette.exceptions import HTTPException
-    except ImportError:  # pragma: no cover - starlette is a dependency
-        pass
-    else:
-        resolvers[HTTPException] = _from_http_exception
+    from starlette.exceptions import HTTPException
+
+    resolvers[HTTPException] = _from_http_exception
     try:
         from fastapi.exceptions import RequestValidationError
     except ImportError:
@@ -301,10 +298,8 @@ class ProblemDetailsMiddleware:
     def _prepare(self, scope: Scope) -> None:
         """Register our handler with a Starlette/FastAPI app's innermost ExceptionMiddleware."""
         self._prepared = True
-        try:
-            from starlette.middleware.exceptions import ExceptionMiddleware
-        except ImportError:  # pragma: no cover - starlette is a dependency
-            return
+        from starlette.middleware.exceptions import ExceptionMiddleware
+
         node: Any = self.app
         for _ in range(_MAX_CHAIN):
             if isinstance(node, ExceptionMiddleware):
