@@ -24,6 +24,7 @@ from asgi_resilience.client._transports import (
 )
 from asgi_resilience.policies._breaker import BreakerPolicy, BreakerTransition
 from asgi_resilience.policies._budget import RetryBudget
+from asgi_resilience.policies._hedge import HedgePolicy
 from asgi_resilience.policies._retry import RetryPolicy
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "BreakerPolicy",
     "BreakerTransition",
     "CircuitBreakerTransport",
+    "HedgePolicy",
     "ResilientTransport",
     "RetryBudget",
     "RetryEvent",

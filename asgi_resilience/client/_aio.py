@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 
 from asgi_resilience.client._hooks import Hook, await_hook, call_hook
 
-__all__ = ["Slots", "run_hook", "send"]
+if TYPE_CHECKING:
+    from asgi_resilience.client._retrying import Call
+
+__all__ = ["Slots", "run_hook", "send", "send_hedged"]
 
 
 async def send(transport: httpx.AsyncBaseTransport, request: httpx.Request, limit: float | None) -> httpx.Response:
@@ -21,6 +24,28 @@ async def send(transport: httpx.AsyncBaseTransport, request: httpx.Request, limi
         # the httpx timeouts bound each phase; this bounds their sum by the deadline
         with anyio.fail_after(limit):
             return await transport.handle_async_request(request)
+    except TimeoutError:
+        raise httpx.ReadTimeout("the call's total deadline passed", request=request) from None
+
+
+async def send_hedged(
+    transport: httpx.AsyncBaseTransport, request: httpx.Request, limit: float | None, call: Call
+) -> httpx.Response:
+    """Send one attempt as a race of hedged copies (the policies' hedge engine); ``limit`` bounds the race."""
+    hedger = call.hedger
+    assert hedger is not None  # only called for a hedged call
+
+    async def attempt() -> httpx.Response:
+        return await transport.handle_async_request(request)
+
+    async def discard(response: httpx.Response) -> None:
+        await response.aclose()
+
+    if limit is None:
+        return await hedger.race(attempt, budget=call.budget, accept=call.accepts, discard=discard)
+    try:
+        with anyio.fail_after(limit):
+            return await hedger.race(attempt, budget=call.budget, accept=call.accepts, discard=discard)
     except TimeoutError:
         raise httpx.ReadTimeout("the call's total deadline passed", request=request) from None
 

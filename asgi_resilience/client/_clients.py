@@ -20,6 +20,7 @@ _TRANSPORT_OPTIONS = ("verify", "cert", "trust_env", "http1", "http2", "limits",
 _RESILIENCE_OPTIONS = (
     "retry",
     "breaker",
+    "hedge",
     "total_timeout",
     "attempt_timeout",
     "max_concurrent",

@@ -23,6 +23,7 @@ from asgi_resilience.observability import Telemetry, resolve_telemetry
 from asgi_resilience.policies._breaker import BreakerPolicy
 from asgi_resilience.policies._budget import BudgetState, RetryBudget
 from asgi_resilience.policies._config import testing_attempts, testing_enabled
+from asgi_resilience.policies._hedge import HedgeEngine, HedgePolicy
 from asgi_resilience.policies._registry import BUDGETS, origin_stats, register_snapshots
 from asgi_resilience.policies._retry import Decision, Outcome, Phase, RetryPolicy
 
@@ -50,7 +51,7 @@ def no_retry() -> RetryPolicy:
 
 
 def check_resilient(
-    total_timeout: float, attempt_timeout: float, max_concurrent: int | None, retry: Any, breaker: Any
+    total_timeout: float, attempt_timeout: float, max_concurrent: int | None, retry: Any, breaker: Any, hedge: Any
 ) -> None:
     if total_timeout is None:
         raise ConfigurationError("total_timeout must be a number of seconds; the standard pipeline always has one")
@@ -63,6 +64,12 @@ def check_resilient(
         raise ConfigurationError(f"retry must be a RetryPolicy or None (no retries), got {retry!r}")
     if breaker is not None and not isinstance(breaker, BreakerPolicy):
         raise ConfigurationError(f"breaker must be a BreakerPolicy or None (no breaker), got {breaker!r}")
+    check_hedge(hedge)
+
+
+def check_hedge(hedge: Any) -> None:
+    if hedge is not None and not isinstance(hedge, HedgePolicy):
+        raise ConfigurationError(f"hedge must be a HedgePolicy or None (no hedging), got {hedge!r}")
 
 
 def limit_wait(request: httpx.Request, total_timeout: float) -> float:
@@ -102,10 +109,19 @@ class RetryCore:
         on_give_up: Hook | None,
         telemetry: Telemetry | bool,
         asynchronous: bool,
+        hedge: HedgePolicy | None = None,
     ) -> None:
         if not isinstance(policy, RetryPolicy):
             raise ConfigurationError(f"policy must be a RetryPolicy, got {policy!r}")
         check_timeouts(total_timeout, attempt_timeout)
+        check_hedge(hedge)
+        if hedge is not None and not asynchronous:
+            raise ConfigurationError(
+                "hedge= needs an async transport: hedged attempts run concurrently and the losers are cancelled, "
+                "which a synchronous transport could only do with a thread per attempt that cannot be cancelled"
+            )
+        self.hedge = hedge
+        self._hedgers: dict[str, HedgeEngine[httpx.Response]] = {}
         check_hooks(asynchronous, on_retry=on_retry, on_give_up=on_give_up)
         self.policy = policy
         self.total_timeout = total_timeout
@@ -135,6 +151,19 @@ class RetryCore:
             state = self._budgets[key] = BUDGETS.get(origin, budget)
         return state
 
+    def hedger(self, origin: str) -> HedgeEngine[httpx.Response]:
+        """The hedge engine of ``origin`` (its own latencies for an adaptive delay), memoised."""
+        found = self._hedgers.get(origin)
+        if found is None:
+            hedge = self.hedge
+            assert hedge is not None  # only asked for when hedging is on
+            if len(self._hedgers) >= 256:
+                self._hedgers.clear()
+            found = self._hedgers[origin] = HedgeEngine(
+                delay=hedge.delay, max_hedges=hedge.max_hedges, telemetry=self.telemetry, label=origin
+            )
+        return found
+
     def stats(self, origin: str) -> list[int]:
         found = self._stats.get(origin)
         if found is None:
@@ -154,6 +183,7 @@ class Call:
         "core",
         "deadline",
         "has_key",
+        "hedger",
         "max_attempts",
         "method",
         "origin",
@@ -220,6 +250,19 @@ class Call:
             self.budget.record_request(now)
         self.stats = core.stats(self.origin)
         self.stats[0] += 1
+        self.hedger: HedgeEngine[httpx.Response] | None = None
+        hedge = core.hedge
+        if (
+            hedge is not None
+            and self.method in hedge.methods
+            and self.tee is None  # a streaming body can be sent once at a time: never hedged
+            and extensions.get("hedge", True) is not False
+        ):
+            self.hedger = core.hedger(self.origin)
+
+    def accepts(self, response: httpx.Response) -> bool:
+        """Whether a hedged attempt's response wins the race (one the retry policy would not retry)."""
+        return response.status_code not in self.policy.statuses
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from asgi_resilience.client._hooks import Hook, call_hook
+from asgi_resilience.errors import ConfigurationError
 
-__all__ = ["Slots", "run_hook", "send"]
+if TYPE_CHECKING:
+    from asgi_resilience.client._retrying import Call
+
+__all__ = ["Slots", "run_hook", "send", "send_hedged"]
 
 
 def send(transport: httpx.BaseTransport, request: httpx.Request, limit: float | None) -> httpx.Response:
     """Send one attempt. Threads cannot be cancelled: the httpx timeouts (capped by the deadline) bound it."""
     return transport.handle_request(request)
+
+
+def send_hedged(
+    transport: httpx.BaseTransport, request: httpx.Request, limit: float | None, call: Call
+) -> httpx.Response:
+    """Never reached: the sync transports refuse ``hedge=`` (threads cannot cancel the losing attempts)."""
+    raise ConfigurationError("hedging needs an async transport")
 
 
 def run_hook(hook: Hook, event: Any) -> None:

@@ -23,9 +23,10 @@ from asgi_resilience.client._body import SyncBody, BodyError, body_complete
 from asgi_resilience.client._breaking import BreakerCore
 from asgi_resilience.client._hooks import Hook
 from asgi_resilience.client._http import breaker_result
-from asgi_resilience.client._retrying import RetryCore, check_resilient, limit_wait, no_retry, shrink_total
+from asgi_resilience.client._retrying import Call, RetryCore, check_resilient, limit_wait, no_retry, shrink_total
 from asgi_resilience.observability import Telemetry
 from asgi_resilience.policies._breaker import BreakerPolicy, BreakerTransition, CircuitBreaker
+from asgi_resilience.policies._hedge import HedgePolicy
 from asgi_resilience.policies._retry import RetryPolicy
 
 __all__ = ["CircuitBreakerTransport", "ResilientTransport", "RetryTransport"]
@@ -50,6 +51,11 @@ class RetryTransport(httpx.BaseTransport):
             response (or raising the last error) when retries run out.
         on_retry: hook called with a :class:`RetryEvent` before each retry (logs by default).
         on_give_up: hook called when a retryable outcome is not retried (logs by default).
+        hedge: a :class:`HedgePolicy` to hedge idempotent requests (a copy is sent when the
+            first is slow, the first good response wins, the others are cancelled and closed;
+            hedges are taken from the retry budget). Async transports only: a synchronous
+            transport raises :class:`ConfigurationError`. ``extensions={"hedge": False}`` turns
+            it off for one request.
         telemetry: see :mod:`asgi_resilience.observability`.
 
     .. versionadded:: 0.1.0
@@ -65,6 +71,7 @@ class RetryTransport(httpx.BaseTransport):
         raise_on_exhaustion: bool = False,
         on_retry: Hook | None = None,
         on_give_up: Hook | None = None,
+        hedge: HedgePolicy | None = None,
         telemetry: Telemetry | bool = True,
     ) -> None:
         self._transport = transport if transport is not None else httpx.HTTPTransport()
@@ -77,6 +84,7 @@ class RetryTransport(httpx.BaseTransport):
             on_give_up=on_give_up,
             telemetry=telemetry,
             asynchronous=False,
+            hedge=hedge,
         )
 
     @property
@@ -88,7 +96,7 @@ class RetryTransport(httpx.BaseTransport):
         while True:
             attempt = call.next_request()
             try:
-                response = self._send(attempt, call.hard_limit())
+                response = self._send(attempt, call)
             except Exception as exc:
                 step = call.after(None, exc)
             else:
@@ -120,8 +128,10 @@ class RetryTransport(httpx.BaseTransport):
                 response.stream = call.body(response.stream)
             return response
 
-    def _send(self, request: httpx.Request, limit: float | None) -> httpx.Response:
-        return _sio.send(self._transport, request, limit)
+    def _send(self, request: httpx.Request, call: Call) -> httpx.Response:
+        if call.hedger is not None:
+            return _sio.send_hedged(self._transport, request, call.hard_limit(), call)
+        return _sio.send(self._transport, request, call.hard_limit())
 
     @staticmethod
     def _hook(hook: Hook, event: Any) -> None:
@@ -241,8 +251,8 @@ class CircuitBreakerTransport(httpx.BaseTransport):
 
 
 class ResilientTransport(httpx.BaseTransport):
-    """The standard pipeline: concurrency limit -> total deadline -> retry (+budget) -> breaker
-    -> attempt timeout, with validated settings (the .NET standard resilience handler, in Python).
+    """The standard pipeline: concurrency limit -> total deadline -> retry (+budget) -> hedge
+    -> breaker -> attempt timeout, with validated settings (the .NET standard resilience handler, in Python).
 
     Args:
         transport: the transport to wrap (a new ``httpx.HTTPTransport()`` when None).
@@ -253,6 +263,8 @@ class ResilientTransport(httpx.BaseTransport):
         max_concurrent: calls in flight at once through this transport (None: unlimited); a
             call that cannot get a slot before its deadline raises ``httpx.PoolTimeout``. The
             slot is held until the response body is closed.
+        hedge: a :class:`HedgePolicy`, or None (the default) for no hedging; see
+            :class:`RetryTransport`. Each hedged attempt passes the breaker on its own.
         raise_on_exhaustion, on_retry, on_give_up: see :class:`RetryTransport`.
         state, shared, on_transition: see :class:`CircuitBreakerTransport`.
         telemetry: see :mod:`asgi_resilience.observability`.
@@ -266,6 +278,7 @@ class ResilientTransport(httpx.BaseTransport):
         *,
         retry: RetryPolicy | None = RetryPolicy(),
         breaker: BreakerPolicy | None = BreakerPolicy(),
+        hedge: HedgePolicy | None = None,
         total_timeout: float = 30.0,
         attempt_timeout: float = 10.0,
         max_concurrent: int | None = None,
@@ -277,7 +290,7 @@ class ResilientTransport(httpx.BaseTransport):
         on_transition: Hook | None = None,
         telemetry: Telemetry | bool = True,
     ) -> None:
-        check_resilient(total_timeout, attempt_timeout, max_concurrent, retry, breaker)
+        check_resilient(total_timeout, attempt_timeout, max_concurrent, retry, breaker, hedge)
         inner = transport if transport is not None else httpx.HTTPTransport()
         if breaker is not None:
             inner = CircuitBreakerTransport(
@@ -291,6 +304,7 @@ class ResilientTransport(httpx.BaseTransport):
             raise_on_exhaustion=raise_on_exhaustion,
             on_retry=on_retry,
             on_give_up=on_give_up,
+            hedge=hedge,
             telemetry=telemetry,
         )
         self.total_timeout = total_timeout

@@ -161,7 +161,7 @@ _SPECS = [
         "asgi_resilience.hedge.started",
         "counter",
         "{attempt}",
-        "Hedged attempts started (beyond the first), by policy name.",
+        "Hedged attempts started (beyond the first), by policy name (the origin, for the httpx transports).",
         ("policy",),
     ),
     MetricSpec(

@@ -23,7 +23,7 @@ from asgi_resilience.policies._breaking import Breaker, circuit_breaker
 from asgi_resilience.policies._budget import RetryBudget
 from asgi_resilience.policies._bulkhead import Bulkhead, bulkhead
 from asgi_resilience.policies._fallback import Fallback, fail_closed, fail_open, fallback, last_good
-from asgi_resilience.policies._hedge import Hedge, hedge
+from asgi_resilience.policies._hedge import Hedge, HedgePolicy, hedge
 from asgi_resilience.policies._named import ENV_PREFIX, configure_policies
 from asgi_resilience.policies._pipeline import Pipeline, pipeline
 from asgi_resilience.policies._registry import reset_registries
@@ -39,6 +39,7 @@ __all__ = [
     "Bulkhead",
     "Fallback",
     "Hedge",
+    "HedgePolicy",
     "Pipeline",
     "Policy",
     "RetryBudget",

@@ -28,6 +28,7 @@ from asgi_resilience import (
     ConcurrencyLimitMiddleware,
     ConfigurationError,
     DeadlineExceeded,
+    HedgePolicy,
     Overloaded,
     Problem,
     ProblemDetailsMiddleware,
@@ -124,6 +125,9 @@ def transports() -> tuple[httpx.Client, httpx.AsyncClient]:
     sync_transport = RetryTransport(CircuitBreakerTransport(policy=breaker), policy=retry)
     async_transport: httpx.AsyncBaseTransport = AsyncResilientTransport(attempt_timeout=5.0, max_concurrent=10)
     async_transport = AsyncRetryTransport(AsyncCircuitBreakerTransport(policy=breaker), raise_on_exhaustion=True)
+    hedged = HedgePolicy(delay="p95", max_hedges=1, methods={"GET", "HEAD"})
+    async_transport = AsyncResilientTransport(hedge=hedged, retry=retry)
+    async_transport = AsyncRetryTransport(hedge=HedgePolicy(delay=0.05))
     httpx.Client(transport=sync_transport)
     httpx.AsyncClient(transport=async_transport)
     return resilient_client(), async_resilient_client()
