@@ -148,6 +148,7 @@ def test_block_runs(unit: Unit) -> None:
     module = ModuleType(f"docs_block_{abs(hash(unit.id))}")
     namespace: dict[str, Any] = vars(module)
     sys.modules[module.__name__] = module
+    reset_policies()  # a block runs like a fresh process: its named policies are its own
     try:
         for block in unit.blocks:
             code = compile(block.code, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
@@ -157,6 +158,7 @@ def test_block_runs(unit: Unit) -> None:
                 exec(code, namespace)  # our own documentation
     finally:
         del sys.modules[module.__name__]
+        reset_policies()
 
 
 async def _run_async(code: CodeType, namespace: dict[str, Any]) -> None:

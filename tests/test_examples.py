@@ -27,6 +27,7 @@ import anyio
 import httpx
 import pytest
 
+from asgi_resilience.policies import reset_policies
 from asgi_resilience.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,14 @@ def load(path: Path) -> ModuleType:
 def client_for(app: Any, address: str = "127.0.0.1") -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(address, 5000), raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://localhost")
+
+
+@pytest.fixture(autouse=True)
+def fresh_policies() -> Iterator[None]:
+    """An example runs like a fresh process: it configures its named policies at import."""
+    reset_policies()
+    yield
+    reset_policies()
 
 
 @pytest.fixture
