@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, ParamSpec, TypeVar, overload
 
 from asgi_resilience.errors import ConfigurationError
+from asgi_resilience.policies._agen_run import REFUSALS, AsyncGenFn
 
 __all__ = ["AsyncFn", "P", "Policy", "R", "SyncFn", "check_function"]
 
@@ -26,10 +27,11 @@ SyncFn = Callable[..., Any]
 def check_function(policy: str, fn: Any) -> None:
     if not callable(fn):
         raise ConfigurationError(f"{policy} decorates a function, got {fn!r}")
-    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+    if inspect.isgeneratorfunction(fn):
         raise ConfigurationError(
             f"{policy} cannot decorate the generator {getattr(fn, '__qualname__', fn)!r}: a generator's "
-            "work happens while it is iterated, after the call returned; protect the calls it makes instead"
+            "work happens while it is iterated, after the call returned; protect the calls it makes instead "
+            "(async generators are supported by retry, time_limit, bulkhead and circuit_breaker)"
         )
 
 
@@ -51,6 +53,13 @@ class Policy:
     def bind_sync(self, inner: SyncFn) -> SyncFn:  # pragma: no cover - every policy overrides it
         raise NotImplementedError
 
+    def bind_asyncgen(self, inner: AsyncGenFn) -> AsyncGenFn:
+        """Wrap an async generator function (a stream); policies that cannot protect one refuse it."""
+        reason = REFUSALS.get(self.kind, "it does not apply to a stream of items")
+        raise ConfigurationError(
+            f"{self.kind} cannot decorate the async generator {getattr(inner, '__qualname__', inner)!r}: {reason}"
+        )
+
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]: ...
     @overload
@@ -61,7 +70,10 @@ class Policy:
 
 def decorate(policy: Policy, fn: Callable[P, Any]) -> Callable[P, Any]:
     check_function(type(policy).__name__, fn)
-    if inspect.iscoroutinefunction(fn):
+    wrapped: Callable[..., Any]
+    if inspect.isasyncgenfunction(fn):
+        wrapped = policy.bind_asyncgen(fn)
+    elif inspect.iscoroutinefunction(fn):
         wrapped = policy.bind_async(fn)
     elif policy.async_only:
         raise ConfigurationError(

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from asgi_resilience.errors import CircuitOpenError, ConfigurationError, Overloaded
 from asgi_resilience.observability import Telemetry, resolve_telemetry
-from asgi_resilience.policies import _async_run, _sync_run
+from asgi_resilience.policies import _agen_run, _async_run, _sync_run
 from asgi_resilience.policies._base import AsyncFn, Policy, SyncFn
 from asgi_resilience.policies._breaker import (
     Admission,
@@ -119,21 +119,25 @@ class Breaker(Policy):
         message = self._half_open_message if admission.state is State.HALF_OPEN else self._open_message
         return CircuitOpenError(message, retry_after=max(0.0, admission.retry_after), origin=self.name)
 
-    def record_error(self, admission: Admission, exc: BaseException, started: float) -> bool:
+    def record_error(
+        self, admission: Admission, exc: BaseException, started: float, *, duration: float | None = None
+    ) -> bool:
         """Count an error; True when it is a failure of the protected dependency."""
         if not isinstance(exc, Exception) or isinstance(exc, (CircuitOpenError, Overloaded)):
             result = Result.IGNORED  # cancellation, or our own refusal from an inner policy
         else:
             result = Result.FAILURE if self._failed(exc) else Result.SUCCESS
         now = self.clock()
-        transitions = self.breaker.record(admission, result, now - started, now)
+        transitions = self.breaker.record(admission, result, now - started if duration is None else duration, now)
         if transitions:
             self.report(transitions)
         return result is Result.FAILURE
 
-    def record_success(self, admission: Admission, started: float) -> None:
+    def record_success(self, admission: Admission, started: float, *, duration: float | None = None) -> None:
         now = self.clock()
-        transitions = self.breaker.record(admission, Result.SUCCESS, now - started, now)
+        transitions = self.breaker.record(
+            admission, Result.SUCCESS, now - started if duration is None else duration, now
+        )
         if transitions:
             self.report(transitions)
 
@@ -148,6 +152,14 @@ class Breaker(Policy):
 
     def bind_async(self, inner: AsyncFn) -> AsyncFn:
         return _async_run.bind_breaker(self, inner)
+
+    def bind_asyncgen(self, inner: _agen_run.AsyncGenFn) -> _agen_run.AsyncGenFn:
+        if self.fallback is not None:
+            raise ConfigurationError(
+                f"circuit_breaker {self.name!r} with fallback= cannot decorate the async generator "
+                f"{getattr(inner, '__qualname__', inner)!r}: {_agen_run.REFUSALS['fallback']}"
+            )
+        return _agen_run.bind_breaker(self, inner)
 
     def bind_sync(self, inner: SyncFn) -> SyncFn:
         if self.fallback is not None and inspect.iscoroutinefunction(self.fallback):

@@ -26,6 +26,7 @@ import anyio
 from asgi_resilience._deadline import remaining_time
 from asgi_resilience.errors import ConfigurationError, Overloaded
 from asgi_resilience.observability import Telemetry, resolve_telemetry
+from asgi_resilience.policies import _agen_run
 from asgi_resilience.policies._base import AsyncFn, Policy, SyncFn
 from asgi_resilience.policies._durations import seconds
 from asgi_resilience.policies._named import configured, mark_created
@@ -214,6 +215,9 @@ class Bulkhead(Policy):
                 self.release()
 
         return call
+
+    def bind_asyncgen(self, inner: _agen_run.AsyncGenFn) -> _agen_run.AsyncGenFn:
+        return _agen_run.bind_bulkhead(self, inner)
 
     def bind_sync(self, inner: SyncFn) -> SyncFn:
         def call(*args: Any, **kwargs: Any) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from asgi_resilience.errors import ConfigurationError
+from asgi_resilience.policies._agen_run import AsyncGenFn
 from asgi_resilience.policies._base import AsyncFn, Policy, SyncFn
 from asgi_resilience.policies._time_limit import TimeLimit
 
@@ -48,6 +49,11 @@ class Pipeline(Policy):
     def bind_sync(self, inner: SyncFn) -> SyncFn:
         for policy in reversed(self.policies):
             inner = policy.bind_sync(inner)
+        return inner
+
+    def bind_asyncgen(self, inner: AsyncGenFn) -> AsyncGenFn:
+        for policy in reversed(self.policies):
+            inner = policy.bind_asyncgen(inner)
         return inner
 
     def __repr__(self) -> str:

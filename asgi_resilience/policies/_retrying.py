@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from asgi_resilience._deadline import remaining_time
 from asgi_resilience.errors import ConfigurationError, ResilienceError
 from asgi_resilience.observability import Telemetry, resolve_telemetry
-from asgi_resilience.policies import _async_run, _sync_run
+from asgi_resilience.policies import _agen_run, _async_run, _sync_run
 from asgi_resilience.policies._base import AsyncFn, Policy, SyncFn
 from asgi_resilience.policies._budget import BudgetState, RetryBudget
 from asgi_resilience.policies._config import testing_attempts, testing_enabled
@@ -94,6 +94,9 @@ class Retrying(Policy):
 
     def bind_sync(self, inner: SyncFn) -> SyncFn:
         return _sync_run.bind_retry(self, inner)
+
+    def bind_asyncgen(self, inner: _agen_run.AsyncGenFn) -> _agen_run.AsyncGenFn:
+        return _agen_run.bind_retry(self, inner)
 
     def begin(self) -> float:
         """Start one call: count it in the budget; returns its start time."""

@@ -27,6 +27,7 @@ import anyio
 
 from asgi_resilience._deadline import deadline_scope
 from asgi_resilience.errors import ConfigurationError, TimeLimitExceeded
+from asgi_resilience.policies import _agen_run
 from asgi_resilience.policies._base import AsyncFn, Policy, SyncFn
 from asgi_resilience.policies._durations import seconds
 from asgi_resilience.policies._named import configured, mark_created
@@ -83,6 +84,9 @@ class TimeLimit(Policy):
             raise AssertionError("unreachable: the scope returned or was cancelled")  # pragma: no cover
 
         return call
+
+    def bind_asyncgen(self, inner: _agen_run.AsyncGenFn) -> _agen_run.AsyncGenFn:
+        return _agen_run.bind_time_limit(self, inner)
 
     def bind_sync(self, inner: SyncFn) -> SyncFn:
         limit = self.seconds

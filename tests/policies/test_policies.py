@@ -198,11 +198,11 @@ def test_retry_sync_function() -> None:
     assert fetch() == "ok" and calls == 2
 
 
-def test_retry_refuses_generators_and_bad_options() -> None:
+def test_retry_refuses_sync_generators_and_bad_options() -> None:
     with pytest.raises(ConfigurationError, match="generator"):
 
         @retry(on=Flaky)
-        async def stream() -> Any:
+        def stream() -> Any:
             yield 1
 
     with pytest.raises(ConfigurationError):

@@ -5,6 +5,7 @@ If a public name, parameter or return type changes by accident, this file stops 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
@@ -211,7 +212,15 @@ def sync_fetch(url: str) -> int:
     return 200
 
 
+@llm_policy
+async def stream_llm(prompt: str) -> AsyncIterator[str]:  # async generators keep their item type
+    yield prompt
+
+
 async def policy_call_sites() -> None:
+    async for token in stream_llm("hi"):
+        piece: str = token
+        _ = piece
     text: str = await call_llm("hi", temperature=0.2)
     allowed: bool = await can_read("ann", "doc")
     admin: bool = await is_admin("ann")
