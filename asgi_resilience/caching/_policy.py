@@ -25,6 +25,7 @@ from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from asgi_resilience._durations import seconds
+from asgi_resilience._paths import path_regex
 from asgi_resilience.caching._headers import (
     MAX_SECONDS,
     delta_seconds,
@@ -101,12 +102,6 @@ _KEEP_ON_UPDATE = frozenset({b"content-length", b"content-encoding", b"content-t
 # --- rules ----------------------------------------------------------------------------------------------
 
 
-def _compile_glob(pattern: str) -> re.Pattern[str]:
-    if not pattern.startswith("/") and pattern != "*":
-        raise ConfigurationError(f"a CacheRule path must start with '/' (or be '*'), got {pattern!r}")
-    return re.compile("".join(".*" if ch == "*" else re.escape(ch) for ch in pattern) + r"\Z")
-
-
 @dataclass(frozen=True, slots=True)
 class CacheRule:
     """Caching defaults for requests whose path matches ``path`` (``*`` matches anything, ``/`` too).
@@ -151,7 +146,7 @@ class CacheRule:
         object.__setattr__(self, "tags", tags)
         vary = (self.vary,) if isinstance(self.vary, str) else tuple(self.vary)
         object.__setattr__(self, "vary", tuple(v.strip().lower() for v in vary))
-        object.__setattr__(self, "_pattern", _compile_glob(self.path))
+        object.__setattr__(self, "_pattern", path_regex(self.path, what="CacheRule path"))
         if self.statuses is not None:
             if isinstance(self.statuses, (str, bytes, int)):
                 raise ConfigurationError(f"statuses must be a collection of status codes, got {self.statuses!r}")
@@ -172,7 +167,7 @@ class CacheRule:
             object.__setattr__(self, "statuses", frozenset(self.statuses))
 
     def matches(self, path: str) -> bool:
-        return self._pattern.match(path) is not None
+        return self._pattern.fullmatch(path) is not None
 
 
 # --- requests ---------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import inspect
 import logging
@@ -20,6 +19,7 @@ from asgi_resilience._asgi import SendTracker, append_headers, get_header, mark_
 from asgi_resilience._clock import Clock
 from asgi_resilience._durations import seconds
 from asgi_resilience._outage import OutageGuard
+from asgi_resilience._paths import path_regex
 from asgi_resilience._proxy import TrustedProxies, network_key
 from asgi_resilience._redis import CONNECT_BUDGET
 from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
@@ -113,7 +113,8 @@ class RateLimitMiddleware:
             together, no ``gcra``. A client built from a URL is closed on ASGI lifespan shutdown and by
             :meth:`aclose`; a client or storage passed in is never closed (its owner closes it).
         strategy: ``"sliding-window"`` (default), ``"fixed-window"``, ``"moving-window"`` or ``"gcra"``.
-        exempt: glob path patterns (``["/health", "/metrics*"]``) or a sync/async callable of the request
+        exempt: path patterns (``["/health", "/metrics*"]``; ``*`` matches anything, ``/`` included, every
+            other character is literal) or a sync/async callable of the request
             returning True for requests that skip every rule.
         trusted_proxies: None (the peer is the client), CIDRs, a hop count, or a
             :class:`~asgi_resilience._proxy.TrustedProxies`.
@@ -199,7 +200,7 @@ class RateLimitMiddleware:
             if not all(isinstance(p, str) for p in patterns):
                 raise ConfigurationError(f"exempt must be path patterns or a callable, got {exempt!r}")
             if patterns:
-                self._exempt_regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+                self._exempt_regex = path_regex(patterns, what="exempt")
         self._endpoints = EndpointOptions(_CONCERN, app)
         self._unfiltered = all(rule.path is None and rule.methods is None for rule in self.rules)
         self._all_static = all(rule.static for rule in self.rules)
@@ -302,7 +303,7 @@ class RateLimitMiddleware:
             return
         mark_arrival(scope)
         path: str = scope.get("path", "")
-        if self._exempt_regex is not None and self._exempt_regex.match(path):
+        if self._exempt_regex is not None and self._exempt_regex.fullmatch(path):
             await self.app(scope, receive, send)
             return
         if self._exempt_call is not None:

@@ -26,6 +26,7 @@ from typing import Any, Literal, NamedTuple
 from limits import parse_many
 from limits.limits import RateLimitItem
 
+from asgi_resilience._paths import path_regex
 from asgi_resilience.errors import ConfigurationError
 
 __all__ = [
@@ -123,7 +124,8 @@ class Rule:
             ``"header:<Name>"`` keys on a value the *client* chooses: every invented value is a fresh
             bucket, so use it only for a header a trusted gateway sets. For API keys, use a callable
             that validates the key and keys unknown ones by address.
-        path: glob pattern(s) the request path must match (``"/api/*"``; ``*`` also matches ``/``).
+        path: path pattern(s) the request path must match (``"/api/*"``; ``*`` also matches ``/``;
+            every other character is literal: the same language as every layer's path rules).
         methods: HTTP methods the rule applies to (all when None).
         cost: quota units a request takes: an int or a sync/async callable of the request.
         name: the policy name in headers, metrics and ``violated_policies``.
@@ -155,9 +157,6 @@ class Rule:
         name: str | None = None,
         shadow: bool = False,
     ) -> None:
-        import fnmatch
-        import re
-
         self.limit = limit
         self.limits: tuple[Limit, ...] | None = None
         if isinstance(limit, str):
@@ -177,9 +176,11 @@ class Rule:
         if not isinstance(cost, int) and not callable(cost):
             raise ConfigurationError(f"Rule cost must be an int >= 0 or a callable, got {cost!r}")
         self.cost = cost
+        if path is not None and not isinstance(path, (str, list, tuple)):
+            raise ConfigurationError(f"Rule path must be a path pattern or a list of them, got {path!r}")
         patterns = [path] if isinstance(path, str) else list(path) if path is not None else []
         self.path = tuple(patterns) or None
-        self._path_regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)) if patterns else None
+        self._path_regex = path_regex(patterns, what="Rule path") if patterns else None
         self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
         if isinstance(methods, str):
             raise ConfigurationError(f"Rule methods must be a list such as [{methods!r}], not a string")
@@ -200,7 +201,7 @@ class Rule:
         """Whether the rule applies to a request (method None: a WebSocket handshake, counted as GET)."""
         if self.methods is not None and (method or "GET") not in self.methods:
             return False
-        return self._path_regex is None or self._path_regex.match(path) is not None
+        return self._path_regex is None or self._path_regex.fullmatch(path) is not None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from datetime import timedelta
 from typing import Generic, TypeVar
 
 from asgi_resilience._durations import seconds
+from asgi_resilience._paths import path_regex
 from asgi_resilience._routing import mark_endpoint
-from asgi_resilience.errors import ConfigurationError
 
 __all__ = ["PathRules", "TimeoutMark", "seconds", "timeout"]
 
@@ -18,14 +18,8 @@ T = TypeVar("T")
 V = TypeVar("V")
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    if not isinstance(pattern, str) or not pattern.startswith("/"):
-        raise ConfigurationError(f"path pattern {pattern!r} must be a string starting with '/' (e.g. '/reports/*')")
-    return re.compile("".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
-
-
 class PathRules(Generic[V]):
-    """Path patterns (``*`` matches any characters, ``/`` included) mapped to values.
+    """Path patterns (the package's one pattern language, see :mod:`asgi_resilience._paths`) mapped to values.
 
     An exact path (no ``*``) wins over patterns; otherwise the first matching pattern in the order
     given. Lookups are cached per path (bounded).
@@ -38,7 +32,7 @@ class PathRules(Generic[V]):
         self._exact: dict[str, V] = {}
         self._patterns: list[tuple[re.Pattern[str], V]] = []
         for pattern, value in items:
-            compiled = _compile(pattern)
+            compiled = path_regex(pattern)
             if "*" in pattern:
                 self._patterns.append((compiled, value))
             else:
