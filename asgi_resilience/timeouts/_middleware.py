@@ -43,6 +43,7 @@ from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["TimeoutMiddleware"]
 
 Mode = Literal["first_byte", "complete"]
+_DEADLINE_SLACK = 0.001  # seconds: a failure this close to the deadline was caused by it
 _FALLBACK_GRACE = 0.02  # how long a cancelled app may take to react before the 504 is sent for it
 
 
@@ -260,7 +261,14 @@ class _TimedRequest:
         try:
             with cancel_scope:
                 self._set_deadline(self.loop_deadline)
-                await mw.app(scope, receive, self.send)
+                try:
+                    await mw.app(scope, receive, self.send)
+                except Exception:
+                    # A failure the deadline itself caused (an outbound call capped by this same deadline
+                    # can fail a moment before our cancellation lands) is a timeout, answered as one.
+                    if self.started or self._now() < self.loop_deadline - _DEADLINE_SLACK:
+                        raise
+                    cancel_scope.cancel()
         finally:
             _DEADLINE.reset(token)
             self.done = True

@@ -510,3 +510,26 @@ async def test_pathsend_is_a_final_message_that_stops_the_clock() -> None:
     h = await ASGIHarness().run(TimeoutMiddleware(app, timeout=0.03, mode="complete"))
     assert h.types == [START, "http.response.pathsend"]
     assert events == ["after"]
+
+
+async def test_a_failure_caused_by_the_deadline_is_answered_as_a_timeout() -> None:
+    """The app's own call is capped by the same deadline and fails just before the cancellation lands
+    (an httpx transport capping an outbound call by ``remaining_time()`` does): a 504, not an error."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        left = remaining_time()
+        assert left is not None
+        with anyio.CancelScope(shield=True):  # the call ends exactly at the deadline, by itself
+            await anyio.sleep(left + 0.01)
+        raise TimeoutError("the outbound call's total deadline passed")
+
+    harness = await ASGIHarness().run(TimeoutMiddleware(app, timeout=0.05), http_scope())
+    assert harness.status == 504 and harness.complete
+
+
+async def test_a_failure_before_the_deadline_still_propagates() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise ValueError("a bug, long before the deadline")
+
+    with pytest.raises(ValueError, match="a bug"):
+        await ASGIHarness().run(TimeoutMiddleware(app, timeout=5), http_scope())
