@@ -224,3 +224,41 @@ def test_user_docs_cite_no_issue_numbers() -> None:
         text = page.read_text(encoding="utf-8")
         found = re.findall(r"\(#\d+\)|\bissue #?\d+|the issue's", text)
         assert not found, f"{page.relative_to(ROOT)}: {found}"
+
+
+SIGNATURE = re.compile(r"`([A-Za-z_]\w*)\(([^`()]*\*[^`()]*)\)`")
+
+
+def written_signatures() -> list[tuple[str, str, list[str]]]:
+    """Signatures written out in prose (`name(a, *, b=1)`) of public names: (where, name, parameters)."""
+    import asgi_resilience
+
+    found = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for match in SIGNATURE.finditer(text):
+            name, params = match.group(1), " ".join(match.group(2).split())
+            if name not in asgi_resilience.__all__:
+                continue
+            try:
+                tree = ast.parse(f"def f({params}): pass")
+            except SyntaxError:
+                continue  # prose, not a signature ("**BreakerPolicy options")
+            args = tree.body[0].args  # type: ignore[attr-defined]
+            names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+            names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+            line = text.count("\n", 0, match.start()) + 1
+            found.append((f"{page.relative_to(ROOT)}:{line}", name, names))
+    return found
+
+
+def test_signatures_written_in_the_docs_match_the_code() -> None:
+    """A signature spelled out in prose lists every parameter, as the code names them (no drift)."""
+    import asgi_resilience
+
+    written = written_signatures()
+    assert len(written) >= 3
+    for where, name, names in written:
+        obj = getattr(asgi_resilience, name)
+        actual = [p for p in inspect.signature(obj).parameters if p != "self"]
+        assert names == actual, f"{where}: `{name}(...)` lists {names}, the code takes {actual}"
