@@ -103,3 +103,17 @@ def wrong_options() -> None:
     options: TimeoutOptions = {"timeout": 3.0, "mode": "complete"}
     resilient(app, timeout=options)
     ResilienceStack(timeout={"timeout": "3s"})  # type: ignore[arg-type]
+
+
+def mcp() -> Starlette:
+    from mcp.server.mcpserver import MCPServer
+
+    from asgi_resilience.integrations.mcp import MCPMiddleware, resilient_mcp, tool_rules
+
+    server = MCPServer("tools")
+    app = server.streamable_http_app()
+    app = resilient_mcp(app, tool_rate_limit="30/minute", tool_limits={"search": "5/minute"}, timeout=10.0)
+    resilient_mcp(app, timeout="10s")  # type: ignore[arg-type]
+    rules: list[Rule] = tool_rules(tool_limits={"search": "5/minute"})
+    MCPMiddleware(resilient(app, rate_limit=rules), passthrough=app, tool_timeouts={"report": 60.0})
+    return app
