@@ -80,20 +80,61 @@ def test_forwarded_rfc7239_forms() -> None:
     assert parse_forwarded(["for=[::1"]) == [None]
 
 
-def test_auto_prefers_xff_and_warns_once_when_both_arrive(caplog: pytest.LogCaptureFixture) -> None:
-    # a client behind an X-Forwarded-For proxy cannot pick its address with a Forwarded header
-    s = scope("10.0.0.1", forwarded="for=1.1.1.1", x_forwarded_for="2.2.2.2")
+def test_auto_never_lets_a_client_pick_its_address_with_the_header_the_proxy_does_not_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the proxy writes only Forwarded; the client adds its own X-Forwarded-For
+    spoofed = scope("10.0.0.1", forwarded="for=1.1.1.1", x_forwarded_for="2.2.2.2")
     proxies = TrustedProxies(["10.0.0.0/8"])
     with caplog.at_level(logging.WARNING, logger="asgi_resilience.proxy"):
-        assert proxies.client_ip(s) == "2.2.2.2"
-        assert proxies.client_ip(s) == "2.2.2.2"
+        assert proxies.client_ip(spoofed) == "10.0.0.1"  # they disagree and nothing is learned yet
+        assert proxies.client_ip(spoofed) == "10.0.0.1"
     assert len([r for r in caplog.records if "header='forwarded'" in r.getMessage()]) == 1
+    # an ordinary request through the proxy shows it writes Forwarded (it would have added XFF)
+    assert proxies.client_ip(scope("10.0.0.1", forwarded="for=3.3.3.3")) == "3.3.3.3"
+    assert proxies.client_ip(spoofed) == "1.1.1.1"  # the client's X-Forwarded-For is ignored from now on
+    assert proxies.client_ip(scope("10.0.0.1", x_forwarded_for="2.2.2.2")) == "10.0.0.1"
+
+
+def test_auto_learns_an_x_forwarded_for_proxy_the_same_way() -> None:
+    spoofed = scope("10.0.0.1", forwarded="for=1.1.1.1", x_forwarded_for="2.2.2.2")
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    assert proxies.client_ip(scope("10.0.0.1")) == "10.0.0.1"  # no header (a health check): nothing learned
+    assert proxies.client_ip(scope("10.0.0.1", x_forwarded_for="4.4.4.4")) == "4.4.4.4"
+    assert proxies.client_ip(spoofed) == "2.2.2.2"
+    agree = scope("10.0.0.1", forwarded="for=5.5.5.5", x_forwarded_for="5.5.5.5")
+    assert TrustedProxies(["10.0.0.0/8"]).client_ip(agree) == "5.5.5.5"  # both agree: no need to know
+    # an untrusted peer teaches nothing
+    fresh = TrustedProxies(["10.0.0.0/8"])
+    assert fresh.client_ip(scope("203.0.113.9", x_forwarded_for="6.6.6.6")) == "203.0.113.9"
+    assert fresh.client_ip(spoofed) == "10.0.0.1"
+
+
+def test_a_pinned_header_is_read_alone() -> None:
+    s = scope("10.0.0.1", forwarded="for=1.1.1.1", x_forwarded_for="2.2.2.2")
     assert TrustedProxies(["10.0.0.0/8"], header="x-forwarded-for").client_ip(s) == "2.2.2.2"
     assert TrustedProxies(["10.0.0.0/8"], header="forwarded").client_ip(s) == "1.1.1.1"
-    only_forwarded = scope("10.0.0.1", forwarded="for=1.1.1.1")
-    assert TrustedProxies(["10.0.0.0/8"]).client_ip(only_forwarded) == "1.1.1.1"
     only_xff = scope("10.0.0.1", x_forwarded_for="2.2.2.2")
     assert TrustedProxies(["10.0.0.0/8"], header="forwarded").client_ip(only_xff) == "10.0.0.1"
+
+
+def test_a_unix_socket_peer_is_a_trusted_hop_when_configured(caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn --uds behind nginx: scope["client"] is None."""
+    via_socket = http_scope(headers=[("x-forwarded-for", "198.51.100.7")], client=None)
+    assert TrustedProxies(["unix"]).client_ip(via_socket) == "198.51.100.7"
+    assert TrustedProxies(["10.0.0.0/8", "UNIX"]).client_ip(via_socket) == "198.51.100.7"
+    assert TrustedProxies(1).client_ip(via_socket) == "198.51.100.7"  # hop-count mode counts it
+    two_hops = http_scope(headers=[("x-forwarded-for", "198.51.100.7, 10.0.0.5")], client=None)
+    assert TrustedProxies(2).client_ip(two_hops) == "198.51.100.7"
+    assert TrustedProxies(["unix"]).client_ip(http_scope(client=None)) is None  # no header: unknown
+    assert repr(TrustedProxies(["::1", "unix"])) == "TrustedProxies(['::1/128', 'unix'])"
+    # an address peer is not trusted by "unix"
+    assert TrustedProxies(["unix"]).client_ip(scope("10.0.0.1", x_forwarded_for="1.1.1.1")) == "10.0.0.1"
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    with caplog.at_level(logging.WARNING, logger="asgi_resilience.proxy"):
+        assert proxies.client_ip(via_socket) is None
+        assert proxies.client_ip(via_socket) is None
+    assert len([r for r in caplog.records if "add 'unix'" in r.getMessage()]) == 1
 
 
 def test_multiple_header_lines_are_one_list() -> None:
@@ -150,9 +191,10 @@ def test_repr() -> None:
 
 
 def test_network_key() -> None:
-    assert network_key("2001:db8::1") == network_key("2001:db8::ffff:1") == "2001:db8::/64"
-    assert network_key("2001:db8:0:1::1") != network_key("2001:db8::1")
-    assert network_key("2001:db8:0:1::1", ipv6_prefix=56) == network_key("2001:db8::1", ipv6_prefix=56)
+    # a /56 by default: the /64s a subscriber rotates through share one key
+    assert network_key("2001:db8::1") == network_key("2001:db8:0:ff::1") == "2001:db8::/56"
+    assert network_key("2001:db8:0:100::1") != network_key("2001:db8::1")
+    assert network_key("2001:db8:0:1::1", ipv6_prefix=64) != network_key("2001:db8::1", ipv6_prefix=64)
     assert network_key("2001:db8::1", ipv6_prefix=128) == "2001:db8::1"
     assert network_key("192.0.2.1") == "192.0.2.1"
     assert network_key("192.0.2.1", ipv4_prefix=24) == "192.0.2.0/24"

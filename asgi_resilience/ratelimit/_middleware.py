@@ -20,7 +20,7 @@ from asgi_resilience._clock import Clock
 from asgi_resilience._durations import seconds
 from asgi_resilience._outage import OutageGuard
 from asgi_resilience._paths import path_regex
-from asgi_resilience._proxy import TrustedProxies, network_key
+from asgi_resilience._proxy import DEFAULT_IPV6_PREFIX, TrustedProxies, network_key
 from asgi_resilience._redis import CONNECT_BUDGET
 from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
 from asgi_resilience.errors import ConfigurationError, RateLimitExceeded, StorageError
@@ -117,7 +117,7 @@ class RateLimitMiddleware:
             other character is literal) or a sync/async callable of the request
             returning True for requests that skip every rule.
         trusted_proxies: None (the peer is the client), CIDRs, a hop count, or a
-            :class:`~asgi_resilience._proxy.TrustedProxies`.
+            :class:`~asgi_resilience.TrustedProxies` (``"unix"`` in the list trusts a unix-socket peer).
         on_store_error: when the storage fails or exceeds ``store_timeout``: ``"open"`` (admit),
             ``"closed"`` (503 problem+json) or ``"local"`` (decide with an in-process limiter).
         store_timeout: seconds one storage call may take (default 50 ms). The first call on a new
@@ -128,7 +128,9 @@ class RateLimitMiddleware:
         shadow: decide, count and log, but never reject (every rule).
         headers: ``"draft-10"`` (``RateLimit-Policy`` and ``RateLimit``), ``"legacy"``
             (``X-RateLimit-Limit/-Remaining/-Reset``), ``"both"``, or None for no headers.
-        ipv6_prefix: IPv6 clients are keyed by this prefix length (default /64; 128 = per address).
+        ipv6_prefix: IPv6 clients are keyed by this prefix length (default /56, as express-rate-limit:
+            a subscriber commonly holds a /56 or a /48, so rotating /64s must not earn fresh quotas;
+            64 keys per LAN, 128 per address).
         key_prefix: prefix of the storage keys.
         clock: seconds; tests only (memory counters, the breaker and Redis scripts use it).
         telemetry: True (process default), False (off) or a Telemetry instance.
@@ -148,7 +150,7 @@ class RateLimitMiddleware:
         store_cooldown: float | timedelta = 1.0,
         shadow: bool = False,
         headers: HeaderMode | None = "draft-10",
-        ipv6_prefix: int = 64,
+        ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
         key_prefix: str = "asgi_rl",
         clock: Clock | None = None,
         telemetry: Telemetry | bool = True,

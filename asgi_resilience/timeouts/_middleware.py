@@ -151,7 +151,7 @@ class TimeoutMiddleware:
         if trusted is None or not self._header_names:
             return None
         client = scope.get("client")
-        if not client or not trusted.is_trusted(str(client[0])):
+        if not trusted.is_trusted(str(client[0]) if client and client[0] else None):
             return None
         return client_timeout(scope.get("headers", ()), self._header_names)
 

@@ -343,6 +343,12 @@ async def test_ipv6_clients_are_keyed_by_prefix() -> None:
     mw = limiter(Rule("1/minute"))
     assert (await run(mw, client=("2001:db8:1:2::1", 1))).status == 200
     assert (await run(mw, client=("2001:db8:1:2:ffff::9", 1))).status == 429  # same /64
+    # rotating /64s inside one /56 earns no fresh quota (the default prefix is /56)
+    for subnet in range(3, 8):
+        assert (await run(mw, client=(f"2001:db8:1:{subnet}::1", 1))).status == 429
+    assert (await run(mw, client=("2001:db8:1:100::1", 1))).status == 200  # the next /56
+    mw = limiter(Rule("1/minute"), ipv6_prefix=64)
+    assert (await run(mw, client=("2001:db8:1:2::1", 1))).status == 200
     assert (await run(mw, client=("2001:db8:1:3::1", 1))).status == 200  # next /64
     mw = limiter(Rule("1/minute"), ipv6_prefix=128)
     assert (await run(mw, client=("2001:db8::1", 1))).status == 200
@@ -353,6 +359,15 @@ async def test_ipv6_clients_are_keyed_by_prefix() -> None:
     mw = limiter(Rule("1/minute"))
     assert (await run(mw, client=None)).status == 200
     assert (await run(mw, client=None)).status == 429  # no peer: one shared "unknown" bucket
+
+
+async def test_clients_behind_a_unix_socket_proxy_get_their_own_buckets() -> None:
+    """nginx -> uvicorn --uds: the peer has no address; "unix" (or a hop count) trusts it."""
+    for trusted in (["unix"], 1):
+        mw = limiter(Rule("1/minute"), trusted_proxies=trusted)
+        for client_ip, expected in (("198.51.100.1", 200), ("198.51.100.2", 200), ("198.51.100.1", 429)):
+            h = await run(mw, client=None, headers=[("x-forwarded-for", client_ip)])
+            assert h.status == expected, (trusted, client_ip)
 
 
 def ws_scope(extensions: dict[str, Any] | None = None, **kw: Any) -> Scope:
