@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from asgi_resilience._deadline import deadline_scope
+from asgi_resilience.policies._breaker import Result
 
 if TYPE_CHECKING:
     from asgi_resilience.policies._breaking import Breaker
@@ -129,10 +130,16 @@ def bind_breaker(policy: Breaker, inner: AsyncGenFn) -> AsyncGenFn:
     breaker = policy.breaker
     clock = policy.clock
 
+    shared = policy.shared_state
+
     async def gen(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        if shared is not None:
+            await policy.async_shared_check()
         admission = breaker.admit(clock())
         if admission.transitions:
             policy.report(admission.transitions)
+            if shared is not None:
+                await policy.async_publish(admission.transitions, clock())
         if not admission.allowed:
             raise policy.refusal(admission)
         started = clock()
@@ -153,10 +160,13 @@ def bind_breaker(policy: Breaker, inner: AsyncGenFn) -> AsyncGenFn:
                 yield item
         finally:
             duration = first if first is not None else clock() - started
-            if error is not None:
-                policy.record_error(admission, error, started, duration=duration)
-            else:  # the end, or the consumer stopped early: the dependency did not fail
-                policy.record_success(admission, started, duration=duration)
-            await _close(stream)
+            # an error from the generator counts by on=; the end, or the consumer stopping early, is a success
+            outcome = policy.classify(error) if error is not None else Result.SUCCESS
+            transitions = policy.record(admission, outcome, started, duration=duration)
+            try:
+                await _close(stream)
+            finally:
+                if transitions and shared is not None:
+                    await policy.async_publish(transitions, started)
 
     return gen

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ClassVar
 
+from asgi_resilience._optional import import_optional
+from asgi_resilience._redis import is_redis_url
 from asgi_resilience.errors import CircuitOpenError, ConfigurationError, Overloaded
 from asgi_resilience.observability import Telemetry, resolve_telemetry
 from asgi_resilience.policies import _agen_run, _async_run, _sync_run
@@ -24,6 +28,7 @@ from asgi_resilience.policies._breaker import (
 )
 from asgi_resilience.policies._named import configured, mark_created
 from asgi_resilience.policies._registry import NAMED, register_snapshots
+from asgi_resilience.policies._shared import SharedState
 
 __all__ = ["Breaker", "circuit_breaker"]
 
@@ -43,11 +48,76 @@ def _classifier(on: Failures) -> Callable[[BaseException], bool]:
     raise ConfigurationError(f"circuit_breaker on= must be exception classes or a predicate, got {on!r}")
 
 
+class NamedState:
+    """The Redis side of one named breaker (key ``named:<name>``): a sync client and an asyncio
+    client, each made on first use by a function of that flavour. A client object serves the
+    functions of its own flavour only; async functions share state on asyncio (redis-py's asyncio
+    client), and a new event loop gets a new client."""
+
+    def __init__(self, target: str | Any) -> None:
+        if isinstance(target, str):
+            if not is_redis_url(target):
+                raise ConfigurationError(
+                    f"circuit_breaker state= must be a redis://, rediss:// or unix:// URL or a Redis client, "
+                    f"got {target!r}"
+                )
+            import_optional("redis", extra="redis", feature="Shared circuit breaker state")
+            self.asynchronous: bool | None = None  # both flavours
+        else:
+            self.asynchronous = inspect.iscoroutinefunction(getattr(target, "pttl", None))
+        self.target = target
+        self._lock = threading.Lock()
+        self._sync: SharedState | None = None
+        self._async: SharedState | None = None
+        self._loop: Any = None
+
+    def for_sync(self) -> SharedState | None:
+        if self.asynchronous is True:
+            return None
+        if self._sync is None:
+            with self._lock:
+                if self._sync is None:
+                    self._sync = SharedState(self.target, asynchronous=False)
+        return self._sync
+
+    def for_async(self) -> SharedState | None:
+        if self.asynchronous is False:
+            return None
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return None  # trio: redis-py's asyncio client needs asyncio; the breaker stays local
+        if self._async is None or (self.asynchronous is None and self._loop is not loop):
+            with self._lock:
+                if self._async is None or (self.asynchronous is None and self._loop is not loop):
+                    self._async = SharedState(self.target, asynchronous=True)  # the old loop's client is dropped
+                    self._loop = loop
+        return self._async
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+        self._sync = None
+
+    async def aclose(self) -> None:
+        self.close()
+        if self._async is not None and (self.asynchronous or self._loop is asyncio._get_running_loop()):
+            await self._async.aclose()
+        self._async = None
+
+
 class _Shared:
     """The state behind every handle of one name: the engine, its listeners and instruments."""
 
-    def __init__(self, name: str, policy: BreakerPolicy, clock: Callable[[], float], telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        name: str,
+        policy: BreakerPolicy,
+        clock: Callable[[], float],
+        telemetry: Telemetry,
+        state: NamedState | None = None,
+    ) -> None:
         self.policy = policy
+        self.state = state
         self.breaker = CircuitBreaker(policy, name)
         self.clock = clock
         self.listeners: list[Listener] = []
@@ -70,6 +140,8 @@ class Breaker(Policy):
                 f"circuit_breaker fallback= must be a callable (*args, **kwargs), got {fallback!r}"
             )
         self._shared = shared
+        self.shared_state = shared.state
+        self._key = f"named:{shared.breaker.origin}"
         self.breaker = shared.breaker
         self.clock = shared.clock
         self.name = shared.breaker.origin
@@ -89,6 +161,16 @@ class Breaker(Policy):
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(transition)`` on every state change (its exceptions are logged, never raised)."""
         self._shared.listeners.append(listener)
+
+    def close(self) -> None:
+        """Close the Redis client ``state=`` made for sync functions (at shutdown; made again if used)."""
+        if self.shared_state is not None:
+            self.shared_state.close()
+
+    async def aclose(self) -> None:
+        """Close the Redis clients ``state=`` made (at shutdown, in the event loop that used them)."""
+        if self.shared_state is not None:
+            await self.shared_state.aclose()
 
     def reset(self) -> None:
         """Forget every result and close the breaker (for tests)."""
@@ -119,27 +201,79 @@ class Breaker(Policy):
         message = self._half_open_message if admission.state is State.HALF_OPEN else self._open_message
         return CircuitOpenError(message, retry_after=max(0.0, admission.retry_after), origin=self.name)
 
-    def record_error(
-        self, admission: Admission, exc: BaseException, started: float, *, duration: float | None = None
-    ) -> bool:
-        """Count an error; True when it is a failure of the protected dependency."""
+    def classify(self, exc: BaseException) -> Result:
+        """What an error says about the dependency (``on=``); cancellation and our own refusals: nothing."""
         if not isinstance(exc, Exception) or isinstance(exc, (CircuitOpenError, Overloaded)):
-            result = Result.IGNORED  # cancellation, or our own refusal from an inner policy
-        else:
-            result = Result.FAILURE if self._failed(exc) else Result.SUCCESS
+            return Result.IGNORED  # cancellation, or our own refusal from an inner policy
+        return Result.FAILURE if self._failed(exc) else Result.SUCCESS
+
+    def record(
+        self, admission: Admission, result: Result, started: float, *, duration: float | None = None
+    ) -> tuple[BreakerTransition, ...]:
+        """Count one outcome; returns (and reports) the transitions it caused."""
         now = self.clock()
         transitions = self.breaker.record(admission, result, now - started if duration is None else duration, now)
         if transitions:
             self.report(transitions)
+        return transitions
+
+    def record_error(
+        self, admission: Admission, exc: BaseException, started: float, *, duration: float | None = None
+    ) -> bool:
+        """Count an error; True when it is a failure of the protected dependency."""
+        result = self.classify(exc)
+        self.record(admission, result, started, duration=duration)
         return result is Result.FAILURE
 
     def record_success(self, admission: Admission, started: float, *, duration: float | None = None) -> None:
-        now = self.clock()
-        transitions = self.breaker.record(
-            admission, Result.SUCCESS, now - started if duration is None else duration, now
-        )
-        if transitions:
-            self.report(transitions)
+        self.record(admission, Result.SUCCESS, started, duration=duration)
+
+    # -- shared state (``state=``): read before admitting, written on transitions -----------------
+    def _shared_open(self, seconds: float | None) -> None:
+        if seconds:
+            forced = self.breaker.force_open(self.clock(), seconds, "shared")
+            if forced is not None:
+                self.report((forced,))
+
+    def _writes(self, transitions: tuple[BreakerTransition, ...], started: float) -> list[tuple[bool, float]]:
+        """``(True, seconds open)`` / ``(False, probe start as epoch)`` for the shared key."""
+        writes: list[tuple[bool, float]] = []
+        for t in transitions:
+            if t.to_state is State.OPEN and t.reason != "shared":
+                writes.append((True, self.breaker.open_remaining(self.clock())))
+            elif t.to_state is State.CLOSED:
+                writes.append((False, time.time() - (self.clock() - started)))
+        return writes
+
+    async def async_shared_check(self) -> None:
+        state = self.shared_state.for_async() if self.shared_state is not None else None
+        if state is not None and state.due(self._key, time.monotonic()):
+            self._shared_open(await state.acheck(self._key))
+
+    def sync_shared_check(self) -> None:
+        state = self.shared_state.for_sync() if self.shared_state is not None else None
+        if state is not None and state.due(self._key, time.monotonic()):
+            self._shared_open(state.check(self._key))
+
+    async def async_publish(self, transitions: tuple[BreakerTransition, ...], started: float) -> None:
+        state = self.shared_state.for_async() if self.shared_state is not None else None
+        if state is None:
+            return
+        for opened, value in self._writes(transitions, started):
+            if opened:
+                await state.aopened(self._key, value)
+            else:
+                await state.aclosed(self._key, value)
+
+    def sync_publish(self, transitions: tuple[BreakerTransition, ...], started: float) -> None:
+        state = self.shared_state.for_sync() if self.shared_state is not None else None
+        if state is None:
+            return
+        for opened, value in self._writes(transitions, started):
+            if opened:
+                state.opened(self._key, value)
+            else:
+                state.closed(self._key, value)
 
     async def fall_back(self, exc: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self._fallbacks.add(1, {"policy": self.name, "kind": "call"})
@@ -175,28 +309,38 @@ class Breaker(Policy):
             raise self.refusal(admission)
         return admission, self.clock()
 
+    def _exit(self, exc: BaseException | None) -> tuple[tuple[BreakerTransition, ...], float]:
+        stack = _PERMITS.get()
+        _PERMITS.set(stack[:-1])
+        admission, started = stack[-1]
+        result = Result.SUCCESS if exc is None else self.classify(exc)
+        return self.record(admission, result, started), started
+
     def __enter__(self) -> Breaker:
+        if self.shared_state is not None:
+            self.sync_shared_check()
         _PERMITS.set((*_PERMITS.get(), self._enter()))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        stack = _PERMITS.get()
-        _PERMITS.set(stack[:-1])
-        admission, started = stack[-1]
-        if exc is None:
-            self.record_success(admission, started)
-        else:
-            self.record_error(admission, exc, started)
+        transitions, started = self._exit(exc)
+        if transitions and self.shared_state is not None:
+            self.sync_publish(transitions, started)
 
     async def __aenter__(self) -> Breaker:
-        return self.__enter__()
+        if self.shared_state is not None:
+            await self.async_shared_check()
+        _PERMITS.set((*_PERMITS.get(), self._enter()))
+        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        transitions, started = self._exit(exc)
+        if transitions and self.shared_state is not None:
+            await self.async_publish(transitions, started)
 
 
 _PERMITS: ContextVar[tuple[tuple[Admission, float], ...]] = ContextVar("asgi_resilience_breaker_permits", default=())
@@ -222,6 +366,7 @@ def circuit_breaker(
     max_break_duration: float = _UNSET,
     half_open_probes: int = _UNSET,
     probe_timeout: float = _UNSET,
+    state: str | Any | None = _UNSET,
     clock: Callable[[], float] = time.monotonic,
     telemetry: Telemetry | bool = True,
 ) -> Breaker:
@@ -241,6 +386,12 @@ def circuit_breaker(
             refusals from inner policies are not counted.
         fallback: called with the function's arguments, its result returned instead, when the
             breaker refuses the call or the call fails (``lambda *a, **k: True`` fails open).
+        state: ``"redis://..."`` (or a Redis client) to share this breaker's open state between
+            processes, as the transports' ``state=`` does: a process that opens it publishes
+            "open for N s", the others open too (read at most every 0.25 s) and then probe on
+            their own; a Redis failure falls back to the local breaker, never fails a call. Sync
+            functions use a sync client and async ones (on asyncio) an asyncio client; a client
+            object serves its own flavour only. Configurable per name like the other options.
         clock: the monotonic clock (``ManualClock`` in tests).
     """
     if not isinstance(name, str) or not name:
@@ -258,6 +409,7 @@ def circuit_breaker(
             "max_break_duration": max_break_duration,
             "half_open_probes": half_open_probes,
             "probe_timeout": probe_timeout,
+            "state": state,
         }.items()
         if value is not _UNSET
     }
@@ -265,15 +417,19 @@ def circuit_breaker(
         shared = NAMED.breakers.get(name)
         if shared is None:
             options = configured("circuit_breaker", name, given)
+            target = options.pop("state", None)
             try:
                 policy = BreakerPolicy(**options)
             except TypeError as exc:
                 raise ConfigurationError(f"circuit_breaker {name!r}: {exc}") from None
-            shared = NAMED.breakers[name] = _Shared(name, policy, clock, resolve_telemetry(telemetry))
+            named_state = NamedState(target) if target is not None else None
+            shared = NAMED.breakers[name] = _Shared(name, policy, clock, resolve_telemetry(telemetry), named_state)
             mark_created("circuit_breaker", name)
         elif given:
-            wanted = BreakerPolicy(**configured("circuit_breaker", name, given))
-            if wanted != shared.policy:
+            options = configured("circuit_breaker", name, given)
+            target = options.pop("state", None)
+            wanted = BreakerPolicy(**options)
+            if wanted != shared.policy or target != (shared.state.target if shared.state is not None else None):
                 raise ConfigurationError(
                     f"circuit_breaker {name!r} already exists with other options ({shared.policy}); configure a "
                     "name once (configure_policies) and use circuit_breaker(name) elsewhere"

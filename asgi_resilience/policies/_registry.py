@@ -56,6 +56,9 @@ class _Named:
 
     def clear(self) -> None:
         with self.lock:
+            for shared in self.breakers.values():
+                if shared.state is not None:
+                    shared.state.close()  # the sync client of state=; an asyncio one belongs to its loop
             self.breakers.clear()
             self.bulkheads.clear()
 

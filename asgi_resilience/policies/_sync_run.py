@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 
 from asgi_resilience.policies._base import SyncFn
+from asgi_resilience.policies._breaker import Result
 
 if TYPE_CHECKING:
     from asgi_resilience.policies._breaking import Breaker
@@ -43,11 +44,16 @@ def bind_retry(policy: Retrying, inner: SyncFn) -> SyncFn:
 def bind_breaker(policy: Breaker, inner: SyncFn) -> SyncFn:
     breaker = policy.breaker
     clock = policy.clock
+    shared = policy.shared_state  # state=: read before admitting, written on transitions
 
     def call(*args: Any, **kwargs: Any) -> Any:
+        if shared is not None:
+            policy.sync_shared_check()
         admission = breaker.admit(clock())
         if admission.transitions:
             policy.report(admission.transitions)
+            if shared is not None:
+                policy.sync_publish(admission.transitions, clock())
         if not admission.allowed:
             refusal = policy.refusal(admission)
             if policy.fallback is None:
@@ -57,11 +63,16 @@ def bind_breaker(policy: Breaker, inner: SyncFn) -> SyncFn:
         try:
             result = inner(*args, **kwargs)
         except BaseException as exc:
-            failed = policy.record_error(admission, exc, started)
-            if not failed or policy.fallback is None:
+            outcome = policy.classify(exc)
+            transitions = policy.record(admission, outcome, started)
+            if transitions and shared is not None:
+                policy.sync_publish(transitions, started)
+            if outcome is not Result.FAILURE or policy.fallback is None:
                 raise
             return policy.fall_back_sync(exc, args, kwargs)
-        policy.record_success(admission, started)
+        transitions = policy.record(admission, Result.SUCCESS, started)
+        if transitions and shared is not None:
+            policy.sync_publish(transitions, started)
         return result
 
     return call
