@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 from starlette.requests import HTTPConnection
 
-from asgi_resilience._asgi import SendTracker, append_headers, get_header, mark_arrival, send_error
+from asgi_resilience._asgi import ARRIVAL, append_headers, get_header, send_error
 from asgi_resilience._clock import Clock
 from asgi_resilience._durations import seconds
 from asgi_resilience._outage import OutageGuard
@@ -25,6 +25,7 @@ from asgi_resilience._redis import CONNECT_BUDGET
 from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
 from asgi_resilience.errors import ConfigurationError, RateLimitExceeded, StorageError
 from asgi_resilience.observability import Telemetry, resolve_telemetry
+from asgi_resilience.observability._telemetry import Series
 from asgi_resilience.ratelimit._policy import (
     MOVING_WINDOW_MAX,
     STRATEGIES,
@@ -49,6 +50,7 @@ StoreErrorMode = Literal["open", "closed", "local"]
 _CONCERN = "rate_limit"
 _MAX_COOLDOWN = 30.0
 _NEAR_KEYS = 10_000  # per rule, for the dashboard's near-limit count
+_monotonic = time.monotonic
 
 
 def rate_limit(
@@ -209,7 +211,7 @@ class RateLimitMiddleware:
         self._direct = not self.proxies.enabled
         self._ip_cache: dict[str | None, str] = {}
         self._checks_cache: dict[Any, list[Check]] = {}
-        self._attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self._series: dict[tuple[str, str], Series] = {}
         # rule -> {client key: until when} for keys with at most 10 % of a quota left: the dashboard
         # shows how many (never which) clients are close to their limit, as this process saw them
         self._near: dict[str, dict[str, float]] = {}
@@ -303,7 +305,8 @@ class RateLimitMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        mark_arrival(scope)
+        if ARRIVAL not in scope:
+            scope[ARRIVAL] = _monotonic()  # see _asgi.ARRIVAL
         path: str = scope.get("path", "")
         if self._exempt_regex is not None and self._exempt_regex.fullmatch(path):
             await self.app(scope, receive, send)
@@ -352,7 +355,10 @@ class RateLimitMiddleware:
         if decisions is False:  # storage failed, fail closed
             await self._reject_store(scope, receive, send)
             return
-        headers, violated, wait = self._outcome(checks, decisions)
+        if len(checks) == 1 and not self._legacy_headers:
+            headers, violated, wait = self._outcome_one(checks[0], decisions[0])
+        else:
+            headers, violated, wait = self._outcome(checks, decisions)
         if violated:
             self._telemetry.span_event("asgi_resilience.rate_limit.limited", {"rules": ",".join(violated)})
             self._telemetry.span_attributes({"asgi_resilience.rate_limit.result": "limited"})
@@ -366,10 +372,12 @@ class RateLimitMiddleware:
             await self.app(scope, receive, _accept_with_headers(send, headers))
             return
 
-        def on_start(message: Message) -> None:
-            append_headers(message, headers)
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                append_headers(message, headers)
+            await send(message)
 
-        await self.app(scope, receive, SendTracker(send, on_start))
+        await self.app(scope, receive, send_with_headers)
 
     def _static_checks(self, scope: Scope, rules: Sequence[Rule]) -> list[Check]:
         """Checks for rules with a fixed limit, a shorthand key and an int cost: no awaiting.
@@ -621,12 +629,12 @@ class RateLimitMiddleware:
         return [policy_header, (b"ratelimit", state)], violated, wait
 
     def _record(self, rule: str, result: str) -> None:
-        attributes = self._attributes.get((rule, result))
-        if attributes is None:
-            if len(self._attributes) > 4096:
-                self._attributes.clear()
-            attributes = self._attributes[(rule, result)] = {"rule": rule, "result": result}
-        self._requests.add(1, attributes)
+        series = self._series.get((rule, result))
+        if series is None:
+            if len(self._series) > 4096:
+                self._series.clear()
+            series = self._series[(rule, result)] = self._requests.bind({"rule": rule, "result": result})
+        series.add(1)
         if result == "shadow_limited":
             logger.info("rate limit %r would reject this request (shadow mode)", rule)
 
