@@ -2,10 +2,12 @@
 
 How it behaves (each point is a test in ``tests/timeout/test_middleware.py``):
 
-* The app runs in an anyio cancel scope in the same task (no extra task: contextvars the app sets
-  stay visible to outer middlewares, and trio works). At the deadline the app is cancelled (its
-  ``finally`` blocks run) and, if no ``http.response.start`` was sent, one 504 problem+json (type
-  slug ``timeout``) is sent.
+* The app runs in the request's own task (no extra task: contextvars the app sets stay visible to
+  outer middlewares). At the deadline the app is cancelled (its ``finally`` blocks run) and, if no
+  ``http.response.start`` was sent, one 504 problem+json (type slug ``timeout``) is sent. On
+  asyncio (Python 3.11+) this is what ``asyncio.timeout`` does: one ``loop.call_at`` timer that
+  calls ``Task.cancel()``, and ``Task.uncancel()`` to tell our cancellation from one that comes from
+  outside; elsewhere (trio, Python 3.10) an anyio cancel scope.
 * After the response started there is never a second start. ``mode="first_byte"`` (default) stops
   the clock at the response start; ``mode="complete"`` keeps it running to the final body message
   and then aborts the stream by raising :class:`DeadlineExceeded` (the server closes the connection;
@@ -23,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
@@ -44,6 +47,14 @@ __all__ = ["TimeoutMiddleware"]
 
 Mode = Literal["first_byte", "complete"]
 _DEADLINE_SLACK = 0.001  # seconds: a failure this close to the deadline was caused by it
+_ANYIO_TASKS: Any
+try:  # which anyio cancel scope a task is in: the native path must respect shielded ones
+    from anyio._backends._asyncio import _task_states as _ANYIO_TASKS
+except ImportError:  # pragma: no cover - another anyio layout: the anyio path everywhere
+    _ANYIO_TASKS = None
+# Python 3.11+ (Task.uncancel): the asyncio.timeout mechanism
+_NATIVE = hasattr(asyncio.Task, "uncancel") and _ANYIO_TASKS is not None
+_SHIELD_RETRY = 0.002  # while the app is in a shielded anyio scope, the cancellation waits and retries
 _FALLBACK_GRACE = 0.02  # how long a cancelled app may take to react before the 504 is sent for it
 
 
@@ -126,6 +137,13 @@ class TimeoutMiddleware:
         self._endpoints = EndpointOptions("timeout", app)
         self._telemetry = resolve_telemetry(telemetry)
         self._timeouts = self._telemetry.instrument("asgi_resilience.timeouts")
+        self._queue: _DeadlineQueue | None = None
+
+    def _deadline_queue(self, loop: asyncio.AbstractEventLoop) -> _DeadlineQueue:
+        queue = self._queue
+        if queue is None or queue.loop is not loop:
+            queue = self._queue = _DeadlineQueue(loop)  # a new loop (tests, a restarted server)
+        return queue
 
     def limit_for(self, scope: Scope) -> float | None:
         """The limit (seconds) that applies to an HTTP request, before deadline headers; None = untimed.
@@ -171,6 +189,62 @@ class TimeoutMiddleware:
         await timed.run(scope, receive)
 
 
+class _DeadlineQueue:
+    """One loop timer for the first deadlines of many requests (a TimerHandle each costs ~1 µs).
+
+    Requests with the same limit arrive in deadline order, so a FIFO holds them sorted: the timer
+    is armed for the oldest deadline, a request that ends only marks itself (``_queued = False``) and
+    the finished ones at the head are dropped. A deadline earlier than the newest queued one (a
+    shorter rule, a client's deadline header) gets a timer of its own instead.
+    """
+
+    __slots__ = ("armed_at", "handle", "loop", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[tuple[float, _TimedRequest]] = deque()
+        self.handle: asyncio.TimerHandle | None = None
+        self.armed_at = math.inf
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed_at = when
+        self.handle = self.loop.call_at(when, self._fire)
+
+    def add(self, request: _TimedRequest, when: float) -> bool:
+        queue = self.queue
+        if queue and queue[-1][0] > when:
+            return False
+        queue.append((when, request))
+        request._queued = True
+        if when < self.armed_at:  # the timer waits for a deadline that finished requests no longer need
+            self._arm(when)
+        return True
+
+    def trim(self) -> None:
+        queue = self.queue
+        while queue and not queue[0][1]._queued:
+            queue.popleft()
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.armed_at = math.inf
+        queue = self.queue
+        now = self.loop.time()
+        while queue:
+            when, request = queue[0]
+            if not request._queued:
+                queue.popleft()
+            elif when <= now:
+                queue.popleft()
+                request._queued = False
+                request._expire()
+            else:
+                self._arm(when)
+                return
+
+
 class _TimedRequest:
     """The state of one timed request (never shared between requests).
 
@@ -190,6 +264,12 @@ class _TimedRequest:
         "_outer",
         "_send",
         "_stopped",
+        "_entry_scope",
+        "_queued",
+        "_requested",
+        "_task",
+        "_uncancelled",
+        "cancel_called",
         "cancel_scope",
         "done",
         "finished",
@@ -218,7 +298,13 @@ class _TimedRequest:
         self._outer: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.loop_deadline = math.inf
-        self.cancel_scope = anyio.CancelScope()
+        self.cancel_called = False  # our deadline cancelled (or is cancelling) the app
+        self.cancel_scope: anyio.CancelScope | None = None  # the anyio path only
+        self._task: Any = None  # the native asyncio path only (Task.uncancel is Python 3.11+)
+        self._uncancelled = False
+        self._requested = False  # Task.cancel() was called (and needs one uncancel())
+        self._entry_scope: object = None  # the anyio scope the request entered in (native path)
+        self._queued = False  # the first deadline waits in the middleware's _DeadlineQueue
 
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else anyio.current_time()
@@ -227,9 +313,11 @@ class _TimedRequest:
         """Move the moment the app is cancelled (loop clock); ``math.inf`` stops the clock."""
         self._idle_fired = idle
         self._stopped = when == math.inf
+        self._queued = False  # leaves the shared queue (lazily: the queue drops it later)
         loop = self._loop
         if loop is None:
-            self.cancel_scope.deadline = when
+            if self.cancel_scope is not None:  # the anyio path keeps the time itself
+                self.cancel_scope.deadline = when
             return
         if self._handle is not None:
             self._handle.cancel()
@@ -237,9 +325,40 @@ class _TimedRequest:
         if when != math.inf:
             self._handle = loop.call_at(when, self._expire)
 
+    def _cancel(self) -> None:
+        """Cancel the app now (it sees the cancellation at its next await)."""
+        self.cancel_called = True
+        if self._task is None:
+            if self.cancel_scope is not None:
+                self.cancel_scope.cancel()
+            return
+        if self._requested or self.done:
+            return  # one native request is enough: a second would need a second uncancel()
+        if self._shielded():
+            # as anyio does: a shielded scope (a thread's wait, cleanup) is not interrupted; retry
+            if self._handle is None and self._loop is not None:
+                self._handle = self._loop.call_later(_SHIELD_RETRY, self._retry)
+            return
+        self._requested = True
+        self._task.cancel()
+
+    def _retry(self) -> None:
+        self._handle = None
+        self._cancel()
+
+    def _shielded(self) -> bool:
+        """True while the task is inside a shielded anyio cancel scope entered within the app."""
+        state = _ANYIO_TASKS.get(self._task) if _ANYIO_TASKS is not None else None
+        scope = getattr(state, "cancel_scope", None)
+        while scope is not None and scope is not self._entry_scope:
+            if getattr(scope, "_shield", False):
+                return True
+            scope = getattr(scope, "_parent_scope", None)
+        return False
+
     def _expire(self) -> None:
         self._handle = None
-        self.cancel_scope.cancel()
+        self._cancel()
         if not self.started and self._loop is not None:
             self._fallback = self._loop.call_later(_FALLBACK_GRACE, self._fire)
 
@@ -257,29 +376,54 @@ class _TimedRequest:
         outer = self._outer = _DEADLINE.get()
         deadline = time.monotonic() + self.limit - spent
         token = _DEADLINE.set(deadline if outer is None or deadline < outer else outer)
-        cancel_scope = self.cancel_scope
+        task = asyncio.current_task() if self._loop is not None and _NATIVE else None
         try:
-            with cancel_scope:
-                self._set_deadline(self.loop_deadline)
+            if task is not None and hasattr(task, "uncancel"):
+                self._task = task
+                self._entry_scope = getattr(
+                    _ANYIO_TASKS.get(task) if _ANYIO_TASKS is not None else None, "cancel_scope", None
+                )
+                queue = mw._deadline_queue(task.get_loop())
+                if not queue.add(self, self.loop_deadline):
+                    self._set_deadline(self.loop_deadline)
                 try:
                     await mw.app(scope, receive, self.send)
-                except Exception:
-                    # A failure the deadline itself caused (an outbound call capped by this same deadline
-                    # can fail a moment before our cancellation lands) is a timeout, answered as one.
-                    if self.started or self._now() < self.loop_deadline - _DEADLINE_SLACK:
+                except asyncio.CancelledError:
+                    # ours only if no other cancellation is pending (as asyncio.timeout decides)
+                    if not self._requested or task.uncancel() > 0:
                         raise
-                    cancel_scope.cancel()
+                    self._uncancelled = True
+                except Exception:
+                    if not self._caused_by_deadline():
+                        raise
+                    self.cancel_called = True
+            else:
+                cancel_scope = self.cancel_scope = anyio.CancelScope()
+                with cancel_scope:
+                    self._set_deadline(self.loop_deadline)
+                    try:
+                        await mw.app(scope, receive, self.send)
+                    except Exception:
+                        if not self._caused_by_deadline():
+                            raise
+                        cancel_scope.cancel()
+                self.cancel_called = cancel_scope.cancel_called
         finally:
             _DEADLINE.reset(token)
             self.done = True
+            if self._task is not None:
+                self._queued = False
+                mw._deadline_queue(self._task.get_loop()).trim()
             if self._handle is not None:
                 self._handle.cancel()
             if self._fallback is not None:
                 self._fallback.cancel()
+        if self._requested and not self._uncancelled:
+            await self._withdraw()
         if self._fallback_task is not None:
             await self._fallback_task
             return
-        if not cancel_scope.cancel_called or self.finished:
+        if not self.cancel_called or self.finished:
             return
         if not self.started:
             mw._timeouts.add(1, {"phase": "before_start"})
@@ -292,6 +436,24 @@ class _TimedRequest:
         mw._telemetry.span_attributes({"asgi_resilience.timeout.phase": "after_start"})
         what = f"idle timeout of {mw.idle_timeout:g} s" if self._idle_fired else f"timeout of {self.limit:g} s"
         raise DeadlineExceeded(f"the response did not complete within its {what}; the stream was aborted")
+
+    def _caused_by_deadline(self) -> bool:
+        """A failure the deadline itself caused (an outbound call capped by this same deadline can fail
+        a moment before our cancellation lands) is a timeout, answered as one."""
+        return not self.started and self._now() >= self.loop_deadline - _DEADLINE_SLACK
+
+    async def _withdraw(self) -> None:
+        """The app returned before our cancellation reached it: take the request back (else the
+        task's next await, outside this middleware, would raise it)."""
+        task = self._task  # set: only the native path withdraws
+        self._uncancelled = True
+        if task.uncancel() > 0:
+            return  # a cancellation from outside is pending too: it stays
+        try:
+            await asyncio.sleep(0)  # delivers a still-armed request (Python < 3.13 keeps it armed)
+        except asyncio.CancelledError:
+            if task.cancelling() > 0:
+                raise  # one from outside arrived meanwhile
 
     async def _answer(self) -> None:
         exc = DeadlineExceeded(f"The request did not complete within {self.limit:g} seconds.")
@@ -324,10 +486,9 @@ class _TimedRequest:
         if self.responded:
             return  # a late response of an app we already answered for: dropped
         kind = message["type"]
-        cancel_scope = self.cancel_scope
         if kind == "http.response.start":
-            if cancel_scope.cancel_called or self._now() >= self.loop_deadline:
-                cancel_scope.cancel()
+            if self._cancel_requested() or self._now() >= self.loop_deadline:
+                self._cancel()
                 await anyio.lowlevel.checkpoint()  # raises the cancellation: too late for this response
             self.started = True
             idle = self._mw.idle_timeout
@@ -342,7 +503,7 @@ class _TimedRequest:
             elif idle is not None:
                 self._arm_idle(idle)
         elif kind == "http.response.body" or kind == "http.response.pathsend":
-            if cancel_scope.cancel_called:
+            if self._cancel_requested():
                 await anyio.lowlevel.checkpoint()
             if not message.get("more_body", False):
                 if self.started:
@@ -351,6 +512,10 @@ class _TimedRequest:
             elif self._mw.idle_timeout is not None and not self._stopped:
                 self._arm_idle(self._mw.idle_timeout)
         await self._send(message)
+
+    def _cancel_requested(self) -> bool:
+        scope = self.cancel_scope
+        return self.cancel_called or (scope is not None and scope.cancel_called)
 
     def _arm_idle(self, idle: float) -> None:
         idle_deadline = self._now() + idle

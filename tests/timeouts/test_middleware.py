@@ -533,3 +533,83 @@ async def test_a_failure_before_the_deadline_still_propagates() -> None:
 
     with pytest.raises(ValueError, match="a bug"):
         await ASGIHarness().run(TimeoutMiddleware(app, timeout=5), http_scope())
+
+
+async def test_an_app_that_swallows_its_cancellation_still_gets_the_504_and_the_task_is_not_left_cancelled() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await anyio.sleep(5)
+        except anyio.get_cancelled_exc_class():
+            pass  # a badly behaved app: returns normally instead of letting the cancellation through
+
+    h = await ASGIHarness().run(TimeoutMiddleware(app, timeout=0.05))
+    assert h.status == 504
+    await anyio.sleep(0.01)  # the task carries no leftover cancellation into what follows
+    await anyio.lowlevel.checkpoint()
+
+
+async def test_a_thread_wait_is_not_interrupted_and_the_504_still_comes_on_time() -> None:
+    finished: list[float] = []
+
+    def blocking() -> None:
+        time.sleep(0.2)
+        finished.append(time.monotonic())
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.to_thread.run_sync(blocking)  # a shielded wait: the thread keeps its limiter slot
+        await ok(send)
+
+    started = time.monotonic()
+    h = ASGIHarness()
+    sent: list[float] = []
+
+    async def send(message: Any) -> None:
+        sent.append(time.monotonic())
+        await h.send(message)
+
+    await TimeoutMiddleware(app, timeout=0.05)(http_scope(), h.receive, send)
+    assert h.status == 504 and finished  # the request ended after its thread did
+    assert sent[0] - started < 0.18  # the 504 did not wait for the thread (it is 0.2 s)
+
+
+async def test_concurrent_requests_each_time_out_at_their_own_deadline() -> None:
+    # the first deadlines share one loop timer in arrival order; a shorter one arriving later, and
+    # requests that finish early, must not move anyone's deadline
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/fast":
+            await ok(send)
+            return
+        await anyio.sleep(5)
+
+    mw = TimeoutMiddleware(app, timeout=0.3, rules={"/short": 0.05})
+    answered: dict[str, float] = {}
+    started = time.monotonic()
+
+    async def call(path: str, delay: float) -> None:
+        await anyio.sleep(delay)
+        h = await ASGIHarness().run(mw, http_scope(path=path))
+        answered[path] = time.monotonic() - started
+        assert h.status == (200 if path == "/fast" else 504)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "/slow", 0.0)
+        tg.start_soon(call, "/fast", 0.01)
+        tg.start_soon(call, "/short", 0.02)
+        tg.start_soon(call, "/slow2", 0.03)
+    assert answered["/fast"] < 0.05
+    assert 0.06 <= answered["/short"] < 0.25  # its own 50 ms, not the 300 ms of the first request
+    assert 0.3 <= answered["/slow"] < answered["/slow2"] < 0.6
+
+
+async def test_a_shorter_deadline_after_finished_longer_ones_fires_on_time() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/slow":
+            await anyio.sleep(5)
+        await ok(send)
+
+    mw = TimeoutMiddleware(app, timeout=2.0, rules={"/slow": 0.05})
+    for _ in range(3):  # finished requests whose 2 s deadlines the shared timer was armed for
+        assert (await ASGIHarness().run(mw, http_scope(path="/"))).status == 200
+    started = time.monotonic()
+    assert (await ASGIHarness().run(mw, http_scope(path="/slow"))).status == 504
+    assert time.monotonic() - started < 1.0  # its own 50 ms, not the 2 s of the finished ones
