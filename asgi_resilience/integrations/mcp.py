@@ -54,7 +54,7 @@ from asgi_resilience._asgi import get_header
 from asgi_resilience._deadline import deadline_scope
 from asgi_resilience._proxy import TrustedProxies, network_key
 from asgi_resilience.errors import ConfigurationError
-from asgi_resilience.observability._telemetry import Telemetry
+from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
 from asgi_resilience.ratelimit import Rule
 from asgi_resilience.stack import ConcurrencyLayer, ResilienceStack
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
@@ -212,6 +212,7 @@ class MCPMiddleware:
             (None: untimed).
         tool_timeouts: per tool name, instead of ``timeout`` (None: that tool is untimed).
         max_body_size: larger POST bodies are not parsed (and count as tool calls).
+        telemetry: count deadlines in ``asgi_resilience.timeouts{phase}``; False for none.
 
     .. versionadded:: 0.1.0
     """
@@ -225,8 +226,10 @@ class MCPMiddleware:
         timeout: float | None = 30.0,
         tool_timeouts: Mapping[str, float | None] | None = None,
         max_body_size: int = 4 * 1024 * 1024,
+        telemetry: Telemetry | bool = True,
     ) -> None:
         self.app = app
+        self._timeouts = resolve_telemetry(telemetry).instrument("asgi_resilience.timeouts")
         self.passthrough = passthrough if passthrough is not None else app
         if not path.startswith("/"):
             raise ConfigurationError(f"path must start with '/', got {path!r}")
@@ -270,6 +273,7 @@ class MCPMiddleware:
         with anyio.CancelScope(deadline=deadline) as timed, deadline_scope(_monotonic_deadline(limit)):
             await self.app(scope, replay, exchange.send)
         if timed.cancelled_caught:
+            self._timeouts.add(1, {"phase": "after_start" if exchange.started else "before_start"})
             await exchange.deadline_exceeded(limit)
             if session is not None:
                 await self._cancel_in_session(scope, call)
@@ -426,5 +430,12 @@ def resilient_mcp(
         redis=redis,
         telemetry=telemetry,
     )
-    wrapped = MCPMiddleware(stack.wrap(app), passthrough=app, path=path, timeout=timeout, tool_timeouts=tool_timeouts)
+    wrapped = MCPMiddleware(
+        stack.wrap(app),
+        passthrough=app,
+        path=path,
+        timeout=timeout,
+        tool_timeouts=tool_timeouts,
+        telemetry=stack.telemetry,
+    )
     return cast(A, wrapped)

@@ -15,6 +15,7 @@ import uvicorn
 from mcp import Client, MCPError
 from mcp.server.mcpserver import MCPServer
 
+from asgi_resilience import Telemetry
 from asgi_resilience.integrations.mcp import MCPCall, MCPMiddleware, _parse, resilient_mcp
 from asgi_resilience.policies import circuit_breaker, fallback, pipeline
 from asgi_resilience.testing import free_port
@@ -94,7 +95,8 @@ async def test_tools_work_and_tool_errors_stay_tool_errors(mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_slow_tool_gets_a_jsonrpc_timeout_and_is_cancelled(mode: str) -> None:
     events: list[str] = []
-    async with serving(build(events, timeout=0.5)) as url, Client(url, mode=mode) as client:
+    telemetry = Telemetry()
+    async with serving(build(events, timeout=0.5, telemetry=telemetry)) as url, Client(url, mode=mode) as client:
         started = time.monotonic()
         error = await error_of(lambda: client.call_tool("slow", {"seconds": 5}))
         elapsed = time.monotonic() - started
@@ -104,6 +106,8 @@ async def test_a_slow_tool_gets_a_jsonrpc_timeout_and_is_cancelled(mode: str) ->
             while "slow cancelled" not in events:  # noqa: ASYNC110 - the server's task records it
                 await anyio.sleep(0.02)
         assert "slow finished" not in events
+        counted = telemetry.snapshot()["metrics"]["asgi_resilience.timeouts"]
+        assert sum(point["value"] for point in counted) == 1  # counted once, not logged
         assert (await client.call_tool("echo", {"text": "still here"})).content[0].text == "still here"  # type: ignore[union-attr]
 
 
