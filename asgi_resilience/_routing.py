@@ -150,6 +150,11 @@ class EndpointOptions:
                 stacklevel=2,
             )
 
+    @property
+    def checked(self) -> bool:
+        """Whether :meth:`check` ran (it warns at most once)."""
+        return self._checked
+
     def _kind_of(self, app: object) -> str | None:
         found = self._kinds.get(id(app))
         if found is not None and found[0] is app:

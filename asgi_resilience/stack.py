@@ -45,6 +45,7 @@ from asgi_resilience._durations import seconds
 from asgi_resilience._optional import import_optional
 from asgi_resilience._proxy import TrustedProxies
 from asgi_resilience._redis import redis_client
+from asgi_resilience._routing import EndpointOptions
 from asgi_resilience.caching import Cache, CacheRule
 from asgi_resilience.caching._policy import CookiePolicy
 from asgi_resilience.errors import ConfigurationError
@@ -491,6 +492,10 @@ class ResilientApp:
         if scope["type"] != "lifespan":
             await self._outer(scope, receive, send)
             return
+        for layer in self.layers.values():
+            endpoints = getattr(layer, "_endpoints", None)
+            if isinstance(endpoints, EndpointOptions) and not endpoints.checked:
+                endpoints.check()  # at startup: warn about endpoint options this app's routes cannot honour
 
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":

@@ -180,3 +180,33 @@ async def test_options_on_routes_that_cannot_be_read_warn_once() -> None:
             harness = await ASGIHarness().run(app, http_scope("GET", "/slow"))
             assert harness.status == 200
     assert len(record) == 1
+
+
+async def test_the_stack_warns_at_startup_about_options_it_cannot_honour() -> None:
+    from asgi_resilience import cache, resilient
+
+    @cache(ttl=30)
+    async def cached_view() -> str:
+        return "cached"
+
+    class QuartLike:
+        def __init__(self) -> None:
+            self.view_functions = {"cached_view": cached_view}
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                await receive()
+                await send({"type": "lifespan.startup.complete"})
+
+    messages: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Any) -> None:
+        messages.append(message)
+
+    app = resilient(QuartLike(), cache=True)
+    with pytest.warns(RuntimeWarning, match="@cache options on cached_view are ignored"):
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert messages == [{"type": "lifespan.startup.complete"}]
