@@ -60,9 +60,9 @@ __all__ = ["CacheRequest", "Exchange", "Shared", "serve", "store_entry"]
 
 logger = logging.getLogger("asgi_resilience.cache")
 _FRAMING = frozenset({b"transfer-encoding", b"content-length"})
-# a miss is forwarded as a plain GET, so that the full response can be stored; the cache answers
-# the client's own Range and If-None-Match/If-Modified-Since from it
-_CLIENT_ONLY = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since"})
+# a miss is forwarded without Range, so that the full response can be stored; the cache cuts the
+# client's range from it
+_RANGE = frozenset({b"range", b"if-range"})
 
 
 @dataclass
@@ -195,14 +195,14 @@ class Exchange:
     def __post_init__(self) -> None:
         req = self.req
         self.scope, self.facts = req.scope, req.facts
-        if not self.as_sent:
-            if self.stale is not None:
-                headers, self.validated = revalidation_headers(req.headers, self.stale)
-                headers = [(k, v) for k, v in headers if k != b"range"]
-            else:
-                headers = [(k, v) for k, v in req.headers if k not in _CLIENT_ONLY]
-            if len(headers) != len(req.headers) or self.validated:
-                self.scope = {**req.scope, "headers": headers}
+        if self.stale is not None and not self.as_sent:
+            # our validators replace the client's conditionals, and the whole response is asked for
+            headers, self.validated = revalidation_headers(req.headers, self.stale)
+            self.scope = {**req.scope, "headers": [(k, v) for k, v in headers if k != b"range"]}
+            self.facts = replace(req.facts, ranged=False, conditional=False)
+        elif req.facts.ranged and not self.as_sent and not req.facts.has_auth:
+            # (a request with Authorization is rarely storable: the app answers its range itself)
+            self.scope = {**req.scope, "headers": [(k, v) for k, v in req.headers if k not in _RANGE]}
             self.facts = replace(req.facts, ranged=False)
         self.request_time = self.response_time = self.shared.clock()
 

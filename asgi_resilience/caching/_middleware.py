@@ -61,7 +61,7 @@ F = TypeVar("F")
 _SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
 _STRIPPED_FROM_CLIENT = frozenset({b"surrogate-key", b"cache-tag"})
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_PRECONDITIONS = (b"if-match", b"if-unmodified-since")
+_CONDITIONALS = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since")
 _BYPASS = cache_status(fwd="bypass")
 _NOT_CACHED = ProblemDetails(
     status=504,
@@ -343,7 +343,7 @@ class CacheMiddleware:
             directives=directives,
             has_auth=b"authorization" in names,
             ranged=method == "GET" and b"range" in names,
-            conditional=any(name in names for name in _PRECONDITIONS),
+            conditional=any(name in names for name in _CONDITIONALS),
         )
         return CacheRequest(
             scope=scope,

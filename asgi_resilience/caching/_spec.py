@@ -77,7 +77,7 @@ class RequestFacts:
     directives: RequestDirectives
     has_auth: bool = False
     ranged: bool = False  # a GET with Range
-    conditional: bool = False  # If-None-Match, If-Modified-Since, If-Match or If-Unmodified-Since
+    conditional: bool = False  # If-None-Match, If-Modified-Since, If-Match or If-Unmodified-Since (as sent)
 
     @property
     def eligible(self) -> bool:

@@ -291,3 +291,19 @@ async def test_decorator_statuses_with_starlette() -> None:
 def test_statuses_are_validated(statuses: Any) -> None:
     with pytest.raises(ConfigurationError, match="statuses"):
         CacheRule(statuses=statuses)
+
+
+async def test_a_cold_conditional_request_keeps_its_304_from_the_app() -> None:
+    """An endpoint that is never stored still answers its clients' revalidations with 304."""
+
+    def respond(scope: Scope) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+        if dict(scope["headers"]).get(b"if-none-match") == b'"v1"':
+            return 304, [("etag", '"v1"'), ("cache-control", "private")], []
+        return 200, [("etag", '"v1"'), ("cache-control", "private")], [b"me"]
+
+    origin = Origin(respond=respond)
+    mw = make(origin)
+    h = await get(mw, "/me", headers=[("authorization", "Bearer a"), ("if-none-match", '"v1"')])
+    assert h.status == 304 and origin.request_header("if-none-match") == '"v1"'
+    anonymous = await get(mw, "/me", headers=[("if-none-match", '"v1"')])
+    assert anonymous.status == 304 and mw._passing == {}  # a 304 says nothing about the URL
