@@ -191,6 +191,7 @@ class Exchange:
     client_started: bool = False
     finished: bool = False
     entry: Entry | None = None
+    stored: bool = False
 
     def __post_init__(self) -> None:
         req = self.req
@@ -310,6 +311,7 @@ class Exchange:
             if self.chunks is not None and isinstance(step, StoreStreamed):
                 self.entry = self._build(step.decision)
                 self.flight_publish()
+                await self._store()
 
     async def _flush(self, *, capture: bool) -> None:
         """Stop holding: send the held start and the body so far; ``capture``: keep teeing the rest."""
@@ -344,6 +346,19 @@ class Exchange:
         self.client_started = True
         headers.append((b"cache-status", cache_status(fwd=self.fwd, stored=True)))
         await send_response(self.client, status, headers, body)
+        await self._store()
+
+    async def _store(self) -> None:
+        """Store the new entry once, right after the final body was sent: the response is never delayed
+        by the write, and the write does not wait for the app to return (a framework may do more work
+        after its response, and a keep-alive client's next request may come in meanwhile)."""
+        if self.stored or self.entry is None:
+            return
+        self.stored = True
+        shared, req = self.shared, self.req
+        shared.collapser.stored(req.flight_key)
+        self._count("stored")
+        await store_entry(shared, req, self.entry)
 
     def _build(self, decision: StoreDecision) -> Entry:
         req = self.req
@@ -387,7 +402,5 @@ class Exchange:
         if self.holding:  # the app returned without finishing its body: send what there is
             await self._flush(capture=False)
         self._count("miss")
-        if self.entry is not None and self.finished:
-            shared.collapser.stored(req.flight_key)
-            self._count("stored")
-            await store_entry(shared, req, self.entry)
+        if self.finished:
+            await self._store()
