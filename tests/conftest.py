@@ -90,6 +90,25 @@ def require_redis_binary() -> None:
         pytest.skip(REDIS_HINT)
 
 
+MEMCACHED_HINT = "memcached is not on PATH: install it (apt-get install memcached / brew install memcached)"
+
+
+def require_memcached_binary() -> str:
+    """The memcached binary and the memcachio client: skipped without them, a failure under CI=true."""
+    found = shutil.which("memcached")
+    hint = MEMCACHED_HINT
+    if found is not None:
+        try:
+            import memcachio  # noqa: F401
+        except ImportError:
+            found, hint = None, "the memcachio package is missing (pip install -e '.[test]')"
+    if found is None:
+        if IN_CI:
+            pytest.fail(f"CI=true but {hint}")
+        pytest.skip(hint)
+    return found
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One redis-server for the session; use ``redis_url`` for a flushed database per test."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ from asgi_resilience.ratelimit._limits_storage import LimitsStorage
 from asgi_resilience.ratelimit._storage import Check, RedisStorage, storage_from
 from asgi_resilience.testing import ASGIHarness, free_port, http_scope, stop_process
 from asgi_resilience.types import Receive, Scope, Send
+from tests.conftest import require_memcached_binary
 
 
 async def ok(scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,18 +90,14 @@ async def test_backend_failures_are_storage_errors_and_follow_on_store_error() -
 
 # --- a real memcached, started and stopped by this test ----------------------------------------------------------
 
-MEMCACHED = shutil.which("memcached")
-
 
 @pytest.fixture
 def memcached_url() -> Iterator[str]:
-    if MEMCACHED is None:
-        pytest.skip("needs the memcached binary (apt-get install memcached)")
-    pytest.importorskip("memcachio")
+    memcached = require_memcached_binary()  # skipped without it, but never under CI=true
     port = free_port()
     root = ["-u", "nobody"] if os.geteuid() == 0 else []  # memcached refuses to run as root otherwise
     process = subprocess.Popen(
-        [MEMCACHED, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16", *root],
+        [memcached, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "16", *root],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
