@@ -185,6 +185,14 @@ _SPECS = [
         "Circuit breaker state transitions.",
         ("origin", "from", "to"),
     ),
+    MetricSpec(
+        "asgi_resilience.circuit_breaker.refused",
+        "counter",
+        "{call}",
+        "Calls a named circuit breaker refused without making them (open, or half-open with its probes in "
+        "flight), by policy name; the httpx transports count theirs as client.attempts with outcome rejected.",
+        ("policy",),
+    ),
 ]
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}

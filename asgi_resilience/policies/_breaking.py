@@ -124,6 +124,7 @@ class _Shared:
         self.telemetry = telemetry
         self.state_metric = telemetry.instrument("asgi_resilience.circuit_breaker.state")
         self.transitions = telemetry.instrument("asgi_resilience.circuit_breaker.transitions")
+        self.refused = telemetry.instrument("asgi_resilience.circuit_breaker.refused").bind({"policy": name})
         self.state_metric.add(1, {"origin": name, "state": State.CLOSED.value})
         register_snapshots(telemetry)
 
@@ -198,6 +199,7 @@ class Breaker(Policy):
                     logger.exception("circuit breaker %s: listener %r failed", t.origin, listener)
 
     def refusal(self, admission: Admission) -> CircuitOpenError:
+        self._shared.refused.add(1)
         message = self._half_open_message if admission.state is State.HALF_OPEN else self._open_message
         return CircuitOpenError(message, retry_after=max(0.0, admission.retry_after), origin=self.name)
 

@@ -337,6 +337,33 @@ def test_breaker_sync_and_context_manager() -> None:
             pass
 
 
+async def test_every_refusal_is_counted_by_policy_name() -> None:
+    telemetry = Telemetry()
+    refused = telemetry.instrument("asgi_resilience.circuit_breaker.refused")
+    breaker = circuit_breaker(
+        "counted", consecutive_failures=1, minimum_calls=1, break_duration=30, telemetry=telemetry
+    )
+
+    @breaker
+    async def call() -> None:
+        raise Flaky
+
+    @circuit_breaker("counted", fallback=lambda: None)
+    def sync_call() -> None:
+        raise AssertionError("never called while open")
+
+    with pytest.raises(Flaky):
+        await call()  # the failure that opens it is a call, not a refusal
+    assert refused.totals == {}
+    with pytest.raises(CircuitOpenError):
+        await call()
+    assert sync_call() is None  # refused, then fallen back: still a refusal
+    with pytest.raises(CircuitOpenError):
+        async with breaker:
+            pass
+    assert refused.totals == {(("policy", "counted"),): 3}
+
+
 def test_unnamed_breaker_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         circuit_breaker("")
