@@ -375,3 +375,53 @@ async def test_a_receive_that_never_suspends_cannot_keep_the_stream_alive() -> N
     finally:
         app.close()
     assert sent[-1] == {"type": "http.response.body", "body": b""} and calls > 1
+
+
+async def test_snapshot_carries_what_the_policy_panels_show() -> None:
+    """Named breakers and bulkheads (live state), refusals, rejections, fallbacks and retries (series)."""
+    import anyio
+
+    from asgi_resilience import CircuitOpenError, Overloaded
+    from asgi_resilience.policies import bulkhead, circuit_breaker, fallback, retry
+
+    telemetry = Telemetry()
+    app = open_dashboard(telemetry, interval=0.05)
+    breaker = circuit_breaker("llm", consecutive_failures=1, minimum_calls=1, break_duration=60, telemetry=telemetry)
+    db = bulkhead("db", max_concurrent=1, max_queue=0, telemetry=telemetry)
+    tries = 0
+
+    @fallback("cached", name="answer", telemetry=telemetry)
+    @retry(attempts=2, on=ConnectionError, wait_initial=0, wait_max=0, name="answer", telemetry=telemetry)
+    @breaker
+    async def answer() -> str:
+        nonlocal tries
+        tries += 1
+        raise ConnectionError("down")
+
+    try:
+        assert await answer() == "cached"  # fails, opens the breaker; the retry is refused; falls back
+        with pytest.raises(CircuitOpenError):
+            await breaker(anyio.sleep)(0)
+        async with db:
+            with pytest.raises(Overloaded):
+                async with db:
+                    pass
+            await anyio.sleep(0.12)  # a sample or two with the slot held
+            data = (await ASGIHarness().run(app, http_scope(path="/snapshot.json"))).json()
+    finally:
+        app.close()
+    assert tries == 1
+    (named,) = [b for b in data["components"]["circuit_breakers"] if b["kind"] == "named"]
+    assert named["origin"] == "llm" and named["state"] == "open" and named["failure_rate"] == 1.0
+    assert data["components"]["bulkheads"] == [
+        {"name": "db", "active": 1, "queued": 0, "max_concurrent": 1, "max_queue": 0, "rejected": 1}
+    ]
+    metrics = data["metrics"]
+    assert metrics["asgi_resilience.circuit_breaker.refused"] == [{"attributes": {"policy": "llm"}, "value": 2}]
+    assert metrics["asgi_resilience.bulkhead.rejected"] == [
+        {"attributes": {"bulkhead": "db", "reason": "queue_full"}, "value": 1}
+    ]
+    assert metrics["asgi_resilience.fallbacks"] == [{"attributes": {"policy": "answer", "kind": "value"}, "value": 1}]
+    assert metrics["asgi_resilience.retries"] == [{"attributes": {"policy": "answer"}, "value": 1}]
+    charted = {s["name"] for s in data["history"]["series"] if "rate" in s and sum(s["rate"]) > 0}
+    assert {"asgi_resilience.circuit_breaker.refused", "asgi_resilience.bulkhead.rejected"} <= charted

@@ -1,7 +1,9 @@
 """The dashboard in a real headless Chromium (the system package, driven by Playwright; no browser download).
 
-The page must load with no console errors, show real rates and drawn charts on its first paint, and
-show a breaker opened by the test as open within 2 seconds. Screenshots are saved under ``test-output/``.
+The page must load with no console errors, show real rates and drawn charts on its first paint, show
+a breaker opened by the test as open within 2 seconds, and show the function-level policies (a named
+breaker driven open, a bulkhead driven full, fallbacks, retries and hedges) next to the origins.
+Screenshots are saved under ``test-output/``.
 """
 
 from __future__ import annotations
@@ -242,3 +244,150 @@ def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
             dashboard.close()
     assert problems == []
     assert (OUTPUT / "dashboard.png").stat().st_size > 1000
+
+
+async def drive_policies(full: threading.Event, release: threading.Event) -> None:
+    """Through the public decorators, as a user writes them (process-default telemetry): open the named
+    breaker "llm", take fallbacks, retries and a won hedge, then hold the bulkhead "db" full (every slot
+    in use, its queue full, one caller refused) until ``release``."""
+    from asgi_resilience import Overloaded
+    from asgi_resilience.policies import bulkhead, circuit_breaker, fallback, hedge, retry
+
+    @circuit_breaker("llm", minimum_calls=3, failure_rate=0.5, break_duration=60.0)
+    async def complete(prompt: str) -> str:
+        raise ConnectionError("the LLM is down")
+
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            await complete("hi")
+    for _ in range(4):
+        with pytest.raises(CircuitOpenError):
+            await complete("hi")  # refused while open
+
+    @fallback("a cached answer", name="answer")
+    @circuit_breaker("llm")
+    async def answer(prompt: str) -> str:
+        raise AssertionError("never called while the breaker is open")
+
+    assert [await answer("hi") for _ in range(2)] == ["a cached answer"] * 2
+
+    tries = 0
+
+    @retry(attempts=3, on=ConnectionError, wait_initial=0.0, wait_max=0.0, name="flaky")
+    async def flaky() -> str:
+        nonlocal tries
+        tries += 1
+        if tries < 3:
+            raise ConnectionError("flaky")
+        return "ok"
+
+    assert await flaky() == "ok"
+
+    searches = 0
+
+    @hedge(idempotent=True, delay=0.01, name="search")
+    async def search() -> int:
+        nonlocal searches
+        searches += 1
+        mine = searches
+        if mine == 1:
+            await asyncio.sleep(10)  # the slow first attempt: the hedge wins and this one is cancelled
+        return mine
+
+    assert await search() == 2
+
+    db = bulkhead("db", max_concurrent=2, max_queue=1, queue_timeout=30.0)
+
+    @db
+    async def query() -> None:
+        await asyncio.to_thread(release.wait, 30)
+
+    holders = [asyncio.ensure_future(query()) for _ in range(3)]  # 2 in their slots, 1 queued
+    while db.snapshot()["queued"] < 1:  # noqa: ASYNC110 - the bulkhead's own counters, no event to wait on
+        await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await query()  # no slot, no room in the queue
+    full.set()
+    await asyncio.gather(*holders)
+
+
+def test_dashboard_shows_named_breakers_bulkheads_and_fallbacks_next_to_the_origins() -> None:
+    sync_playwright = require_browser()
+    dashboard = dashboard_app(True, allow_unauthenticated=True, interval=0.2)  # what the decorators report to
+    app = Starlette(routes=[Mount("/_resilience", dashboard)])
+    problems: list[str] = []
+    OUTPUT.mkdir(exist_ok=True)
+    full, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(1) as pool, serve(app) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        driver = None
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(f"{base}/_resilience/")
+            page.wait_for_selector("#status:text-is('live')", timeout=5000)
+            assert page.query_selector("#named-breakers") is None  # no policy used yet: no empty panels
+
+            driver = pool.submit(asyncio.run, drive_policies(full, release))
+            assert full.wait(30), (
+                driver.exception(timeout=0) if driver.done() else "the driver never filled the bulkhead"
+            )
+            breaker_row = '#named-breakers tr.named-breaker[data-name="llm"][data-state="open"]'
+            bulkhead_row = '#bulkheads tr.bulkhead[data-name="db"][data-full="true"]'
+            page.wait_for_selector(breaker_row, timeout=2000)
+            page.wait_for_selector(bulkhead_row, timeout=2000)
+            time.sleep(0.6)  # a few samples, so that the rates have a history to draw
+            shown = page.evaluate(
+                """([breaker, bulkhead]) => {
+                    const texts = (row) => [...document.querySelector(row).children].map((td) => td.textContent);
+                    const colour = (sel) => getComputedStyle(document.querySelector(sel)).backgroundColor;
+                    const policy = (name) => texts(`#policy-calls tr[data-policy="${name}"]`);
+                    return {breaker: texts(breaker), bulkhead: texts(bulkhead),
+                            breakerColour: colour(breaker + " td.state"),
+                            bulkheadColour: colour(bulkhead + " td.state"),
+                            panels: ["named-breakers", "bulkheads"].map((id) => document.getElementById(id).className),
+                            origins: document.querySelectorAll("#breakers tr.breaker").length,
+                            answer: policy("answer"), flaky: policy("flaky"), search: policy("search")};
+                }""",
+                [breaker_row, bulkhead_row],
+            )
+            # breaker, state, status, calls in window, failure rate, slow calls, refused/s, refused, transitions
+            name, state, status, calls, failure_rate, _, refused_rate, refused, transitions = shown["breaker"]
+            assert (name, state.lower(), calls, failure_rate) == ("llm", "open", "3", "100%")
+            assert status.startswith("retry in ") and refused == "6" and float(refused_rate) > 0
+            assert "closed\u2192open (failure_rate)" in transitions
+            # bulkhead, state, in use / max, queued / max queue, rejected/s, rejected, wait p50, wait p99
+            name, state, in_use, queued, rejected_rate, rejected, _, _ = shown["bulkhead"]
+            assert (name, state, in_use, queued, rejected) == ("db", "full", "2 / 2", "1 / 1", "1")
+            assert float(rejected_rate) > 0
+            assert shown["breakerColour"] == shown["bulkheadColour"] == "rgb(214, 51, 47)"  # red
+            assert all("lvl-red" in panel for panel in shown["panels"])
+            assert shown["origins"] == 0  # a named breaker is not an outbound origin
+            # policy, fallbacks/s, fallbacks by kind, retries/s, retries, hedges/s, hedges won
+            assert shown["answer"][0] == "answer" and shown["answer"][2] == "value 2"
+            assert shown["flaky"][4] == "2"
+            assert shown["search"][6] == "1 of 1"
+            refusals = {shape["series"]: shape for shape in page.evaluate(CHART_SHAPES, "named-breakers")}
+            assert refusals["refused"]["heights"] >= 2 and refusals["refused"]["width"] > 100
+            rejections = {shape["series"]: shape for shape in page.evaluate(CHART_SHAPES, "bulkheads")}
+            assert rejections["queue full"]["heights"] >= 2
+            page.screenshot(path=str(OUTPUT / "dashboard-policies.png"), full_page=True)
+
+            release.set()  # the queued call gets its slot: its wait is timed
+            driver.result(timeout=30)
+            page.wait_for_selector('#bulkheads tr.bulkhead[data-name="db"][data-full="false"]', timeout=2000)
+            page.wait_for_selector(
+                '#bulkheads tr.bulkhead[data-name="db"] td:nth-child(7):text-matches("s$")', timeout=2000
+            )
+            page.wait_for_selector(
+                '#chart-bulkhead-wait svg path.dot[data-series="p99"]', state="attached", timeout=2000
+            )
+            page.screenshot(path=str(OUTPUT / "dashboard-policies-released.png"), full_page=True)
+        finally:
+            release.set()
+            browser.close()
+            dashboard.close()
+            if driver is not None:
+                driver.result(timeout=30)
+    assert problems == []
