@@ -246,14 +246,15 @@ def test_dashboard_shows_an_opened_breaker_within_two_seconds() -> None:
     assert (OUTPUT / "dashboard.png").stat().st_size > 1000
 
 
-async def drive_policies(full: threading.Event, release: threading.Event) -> None:
-    """Through the public decorators, as a user writes them (process-default telemetry): open the named
-    breaker "llm", take fallbacks, retries and a won hedge, then hold the bulkhead "db" full (every slot
-    in use, its queue full, one caller refused) until ``release``."""
+async def drive_policies(telemetry: Telemetry, full: threading.Event, release: threading.Event) -> None:
+    """Through the public decorators: open the named breaker "llm", take fallbacks, retries and a won
+    hedge, then hold the bulkhead "db" full (every slot in use, its queue full, one caller refused)
+    until ``release``. (``telemetry=`` only keeps other tests' metrics off this page; users leave it
+    to the process default, which the default stack reports to as well.)"""
     from asgi_resilience import Overloaded
     from asgi_resilience.policies import bulkhead, circuit_breaker, fallback, hedge, retry
 
-    @circuit_breaker("llm", minimum_calls=3, failure_rate=0.5, break_duration=60.0)
+    @circuit_breaker("llm", minimum_calls=3, failure_rate=0.5, break_duration=60.0, telemetry=telemetry)
     async def complete(prompt: str) -> str:
         raise ConnectionError("the LLM is down")
 
@@ -264,7 +265,7 @@ async def drive_policies(full: threading.Event, release: threading.Event) -> Non
         with pytest.raises(CircuitOpenError):
             await complete("hi")  # refused while open
 
-    @fallback("a cached answer", name="answer")
+    @fallback("a cached answer", name="answer", telemetry=telemetry)
     @circuit_breaker("llm")
     async def answer(prompt: str) -> str:
         raise AssertionError("never called while the breaker is open")
@@ -273,7 +274,7 @@ async def drive_policies(full: threading.Event, release: threading.Event) -> Non
 
     tries = 0
 
-    @retry(attempts=3, on=ConnectionError, wait_initial=0.0, wait_max=0.0, name="flaky")
+    @retry(attempts=3, on=ConnectionError, wait_initial=0.0, wait_max=0.0, name="flaky", telemetry=telemetry)
     async def flaky() -> str:
         nonlocal tries
         tries += 1
@@ -285,7 +286,7 @@ async def drive_policies(full: threading.Event, release: threading.Event) -> Non
 
     searches = 0
 
-    @hedge(idempotent=True, delay=0.01, name="search")
+    @hedge(idempotent=True, delay=0.01, name="search", telemetry=telemetry)
     async def search() -> int:
         nonlocal searches
         searches += 1
@@ -296,7 +297,7 @@ async def drive_policies(full: threading.Event, release: threading.Event) -> Non
 
     assert await search() == 2
 
-    db = bulkhead("db", max_concurrent=2, max_queue=1, queue_timeout=30.0)
+    db = bulkhead("db", max_concurrent=2, max_queue=1, queue_timeout=30.0, telemetry=telemetry)
 
     @db
     async def query() -> None:
@@ -313,7 +314,8 @@ async def drive_policies(full: threading.Event, release: threading.Event) -> Non
 
 def test_dashboard_shows_named_breakers_bulkheads_and_fallbacks_next_to_the_origins() -> None:
     sync_playwright = require_browser()
-    dashboard = dashboard_app(True, allow_unauthenticated=True, interval=0.2)  # what the decorators report to
+    telemetry = Telemetry()
+    dashboard = dashboard_app(telemetry, allow_unauthenticated=True, interval=0.2)
     app = Starlette(routes=[Mount("/_resilience", dashboard)])
     problems: list[str] = []
     OUTPUT.mkdir(exist_ok=True)
@@ -329,7 +331,7 @@ def test_dashboard_shows_named_breakers_bulkheads_and_fallbacks_next_to_the_orig
             page.wait_for_selector("#status:text-is('live')", timeout=5000)
             assert page.query_selector("#named-breakers") is None  # no policy used yet: no empty panels
 
-            driver = pool.submit(asyncio.run, drive_policies(full, release))
+            driver = pool.submit(asyncio.run, drive_policies(telemetry, full, release))
             assert full.wait(30), (
                 driver.exception(timeout=0) if driver.done() else "the driver never filled the bulkhead"
             )
