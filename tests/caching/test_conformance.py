@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from asgi_resilience import CacheMiddleware, ConfigurationError
 from asgi_resilience.caching._headers import (
+    _Invalid,
+    _SFParser,
     content_length,
     parse_age,
     parse_cache_control,
@@ -390,3 +392,23 @@ def test_no_header_parser_raises_on_arbitrary_input(name: bytes, value: bytes, o
     render_range(200, headers, b"0123456789", [(b"range", value), (b"if-range", other)], boundary="b")
     invalidation_targets("h", "/", "", headers)
     normalize_query(value.decode("latin-1"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='abz*-_.09 ,=;"\\?()1AZ+/\t', max_size=16))
+def test_targeted_field_syntax_agrees_with_an_rfc8941_parser(text: str) -> None:
+    """A targeted field is valid exactly when http-sf (a reference RFC 8941 parser) accepts it."""
+    import http_sf
+
+    value = text.strip(" ").encode("ascii")
+    try:
+        http_sf.parse(value, tltype="dictionary")
+        reference = True
+    except Exception:
+        reference = False
+    try:
+        _SFParser(value.decode()).dictionary()
+        ours = True
+    except _Invalid:
+        ours = False
+    assert ours == reference
