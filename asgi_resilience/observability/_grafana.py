@@ -48,6 +48,7 @@ def grafana_dashboard(*, datasource: str = "Prometheus", title: str = "asgi-resi
     cache = _p("asgi_resilience.cache.requests")
     attempts = _p("asgi_resilience.client.attempts")
     duration = _p("asgi_resilience.client.attempt.duration")
+    wait = _p("asgi_resilience.bulkhead.queue.duration")
     panels = [
         _panel(
             "Rate limit decisions per second, by rule and result",
@@ -130,6 +131,42 @@ def grafana_dashboard(*, datasource: str = "Prometheus", title: str = "asgi-resi
                 (f"histogram_quantile(0.99, sum by (le) (rate({duration}_bucket[5m])))", "p99"),
             ],
             unit="s",
+        ),
+        _panel(
+            "Named circuit breakers: calls refused per second",
+            [(f"sum by (policy) (rate({_p('asgi_resilience.circuit_breaker.refused')}[1m]))", "{{policy}}")],
+            unit="reqps",
+        ),
+        _panel(
+            "Bulkhead rejections per second, by bulkhead and reason",
+            [
+                (
+                    f"sum by (bulkhead, reason) (rate({_p('asgi_resilience.bulkhead.rejected')}[1m]))",
+                    "{{bulkhead}} {{reason}}",
+                )
+            ],
+            unit="reqps",
+        ),
+        _panel(
+            "Bulkhead queue wait p50 / p99",
+            [
+                (f"histogram_quantile(0.5, sum by (bulkhead, le) (rate({wait}_bucket[5m])))", "p50 {{bulkhead}}"),
+                (f"histogram_quantile(0.99, sum by (bulkhead, le) (rate({wait}_bucket[5m])))", "p99 {{bulkhead}}"),
+            ],
+            unit="s",
+        ),
+        _panel(
+            "Fallbacks, retries and hedges per second, by policy",
+            [
+                (
+                    f"sum by (policy, kind) (rate({_p('asgi_resilience.fallbacks')}[1m]))",
+                    "fallback {{policy}} {{kind}}",
+                ),
+                (f"sum by (policy) (rate({_p('asgi_resilience.retries')}[1m]))", "retry {{policy}}"),
+                (f"sum by (policy) (rate({_p('asgi_resilience.hedge.started')}[1m]))", "hedge {{policy}}"),
+                (f"sum by (policy) (rate({_p('asgi_resilience.hedge.won')}[1m]))", "hedge won {{policy}}"),
+            ],
+            unit="reqps",
         ),
         _panel(
             "Exceptions per second, by type and result",

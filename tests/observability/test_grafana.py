@@ -37,4 +37,11 @@ def test_every_query_uses_published_metrics_and_labels() -> None:
         "asgi_resilience_circuit_breaker_state",
         "asgi_resilience_client_retries_total",
         "asgi_resilience_exceptions_total",
+        "asgi_resilience_circuit_breaker_refused_total",
+        "asgi_resilience_bulkhead_rejected_total",
+        "asgi_resilience_bulkhead_queue_duration_seconds",
+        "asgi_resilience_fallbacks_total",
+        "asgi_resilience_retries_total",
+        "asgi_resilience_hedge_started_total",
+        "asgi_resilience_hedge_won_total",
     } <= used
