@@ -7,7 +7,11 @@ Mount it where you want it (it is off unless mounted)::
 Routes, relative to the mount point: ``/`` (the page), ``/snapshot.json`` and ``/stream``
 (``text/event-stream``, one ``data:`` line of the snapshot every ``interval`` seconds). The page has
 no external resources (no CDN, no build step) and reads the stream with ``EventSource``; colours
-follow the Hystrix dashboard (green healthy, amber degraded, red open or shedding).
+follow the Hystrix dashboard (green healthy, amber degraded, red open or shedding). Next to the
+per-origin breakers of the httpx transports it shows the function policies of
+``asgi_resilience.policies`` that report to the same telemetry: named breakers (the
+``circuit_breakers`` component rows with ``"kind": "named"``), bulkheads (the ``bulkheads``
+component) and the fallback, retry and hedge counters, each panel once a policy is used.
 
 From the moment it is built, the dashboard samples the instruments every ``interval`` seconds into a
 ring of ``history_seconds`` (see ``_history.py``): every snapshot carries ``history`` (rates, values
