@@ -9,6 +9,7 @@ from typing import Any
 
 from asgi_resilience.client._http import RetryEvent
 from asgi_resilience.errors import ConfigurationError
+from asgi_resilience.observability._ratelog import RateLimitedLog
 from asgi_resilience.policies._breaker import BreakerTransition, State
 
 __all__ = ["Hook", "await_hook", "call_hook", "check_hooks", "log_give_up", "log_retry", "log_transition"]
@@ -60,8 +61,13 @@ def log_retry(event: RetryEvent) -> None:
     )
 
 
+_give_ups = RateLimitedLog(logger)  # a refused retry is expected in an outage: once per interval per cause
+
+
 def log_give_up(event: RetryEvent) -> None:
-    logger.warning(
+    _give_ups.log(
+        logging.WARNING,
+        (event.origin, event.reason),
         "giving up on %s %s%s after %d attempt(s): %s",
         event.method,
         event.origin,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from asgi_resilience.observability._dashboard import DashboardApp, DashboardAuth, dashboard_app
 from asgi_resilience.observability._grafana import grafana_dashboard
 from asgi_resilience.observability._names import METRICS, MetricSpec, metric_table_markdown, prometheus_name
+from asgi_resilience.observability._ratelog import RateLimitedLog
 from asgi_resilience.observability._telemetry import NOOP, Instrument, Telemetry, default_telemetry, resolve_telemetry
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "DashboardAuth",
     "Instrument",
     "MetricSpec",
+    "RateLimitedLog",
     "Telemetry",
     "dashboard_app",
     "default_telemetry",

@@ -27,7 +27,8 @@ _SPECS = [
         "asgi_resilience.rate_limit.requests",
         "counter",
         "{request}",
-        "Requests checked by a rate-limit rule, by result (allowed, limited, shadow_limited, store_error).",
+        "Requests checked by a rate-limit rule, by result (allowed, limited, shadow_limited, store_error, "
+        "callable_error).",
         ("rule", "result"),
     ),
     MetricSpec(

@@ -21,6 +21,7 @@ from asgi_resilience.errors._problem import (
     reason_phrase,
     render,
 )
+from asgi_resilience.observability._ratelog import RateLimitedLog
 from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
 from asgi_resilience.problems._frameworks import framework_resolvers
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
@@ -162,6 +163,7 @@ class ProblemDetailsMiddleware:
     ) -> None:
         self.app = app
         self._exceptions = resolve_telemetry(telemetry).instrument("asgi_resilience.exceptions")
+        self._expected_log = RateLimitedLog(logger)
         self.debug = debug
         self.type_base = _check_type_base(type_base)
         self._request_id_header = request_id_header.lower().encode("latin-1") if request_id_header else None
@@ -215,10 +217,15 @@ class ProblemDetailsMiddleware:
                 original: BaseException = exc
                 while _is_starlette_started_error(original) and original.__cause__ is not None:
                     original = original.__cause__  # Starlette wraps it once per exception-handling layer
-                logger.error(
-                    "Exception after the response started; the response is cut short",
-                    exc_info=original,
-                )
+                if isinstance(original, ResilienceError):  # ours (a deadline): counted, logged once per interval
+                    self._expected_log.log(
+                        logging.WARNING,
+                        ("started", type(original).__name__),
+                        "%s after the response started; the response is cut short",
+                        type(original).__name__,
+                    )
+                else:
+                    logger.error("Exception after the response started; the response is cut short", exc_info=original)
                 self._exceptions.add(1, {"error.type": _type_name(original), "result": "skipped"})
                 if original is exc:
                     raise
@@ -243,7 +250,16 @@ class ProblemDetailsMiddleware:
                 logger.exception("Problem handler for %s failed", type(leaf).__name__)
                 problem = internal_error(leaf, debug=self.debug)
             if problem.status >= 500:
-                logger.warning("%s mapped to %d while serving %s", type(leaf).__name__, problem.status, _where(scope))
+                # a storm of mapped rejections (an open circuit, overload) is counted above and
+                # logged once per interval per cause, with the count
+                self._expected_log.log(
+                    logging.WARNING,
+                    (type(leaf).__name__, problem.status),
+                    "%s mapped to %d while serving %s",
+                    type(leaf).__name__,
+                    problem.status,
+                    _where(scope),
+                )
             else:
                 logger.debug("%s mapped to %d", type(leaf).__name__, problem.status)
         return self._decorate(problem, scope)

@@ -24,7 +24,7 @@ from asgi_resilience._proxy import DEFAULT_IPV6_PREFIX, TrustedProxies, network_
 from asgi_resilience._redis import CONNECT_BUDGET
 from asgi_resilience._routing import ATTRIBUTE, EndpointOptions, mark_endpoint
 from asgi_resilience.errors import ConfigurationError, RateLimitExceeded, StorageError
-from asgi_resilience.observability import Telemetry, resolve_telemetry
+from asgi_resilience.observability import RateLimitedLog, Telemetry, resolve_telemetry
 from asgi_resilience.observability._telemetry import Series
 from asgi_resilience.ratelimit._policy import (
     MOVING_WINDOW_MAX,
@@ -127,6 +127,10 @@ class RateLimitMiddleware:
         store_cooldown: after a failure, seconds during which the storage is not tried; then one
             request probes it (one probe per cooldown while it stays down). Recovery is automatic and
             takes at most this long once the storage is back.
+        on_callable_error: when a rule's key, limit or cost callable raises (or returns a bad
+            cost) for a request: ``"deny"`` (default) answers 429 for that rule, ``"skip"`` leaves
+            that one rule out for the request. The other rules apply either way. Counted as
+            ``result="callable_error"``, logged once per interval per rule.
         shadow: decide, count and log, but never reject (every rule).
         headers: ``"draft-10"`` (``RateLimit-Policy`` and ``RateLimit``), ``"legacy"``
             (``X-RateLimit-Limit/-Remaining/-Reset``), ``"both"``, or None for no headers.
@@ -150,6 +154,7 @@ class RateLimitMiddleware:
         on_store_error: StoreErrorMode = "open",
         store_timeout: float | timedelta = 0.05,
         store_cooldown: float | timedelta = 1.0,
+        on_callable_error: Literal["deny", "skip"] = "deny",
         shadow: bool = False,
         headers: HeaderMode | None = "draft-10",
         ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
@@ -175,6 +180,10 @@ class RateLimitMiddleware:
         self.on_store_error = on_store_error
         self.store_timeout = seconds(store_timeout, "store_timeout", maximum=60)
         self.store_cooldown = seconds(store_cooldown, "store_cooldown", allow_zero=True, maximum=_MAX_COOLDOWN)
+        if on_callable_error not in ("deny", "skip"):
+            raise ConfigurationError(f"on_callable_error must be 'deny' or 'skip', got {on_callable_error!r}")
+        self.on_callable_error = on_callable_error
+        self._rare_log = RateLimitedLog(logger)  # per-request events (a failing callable, shadow mode)
         if headers not in ("draft-10", "legacy", "both", None, False):
             raise ConfigurationError(f"headers must be 'draft-10', 'legacy', 'both' or None, got {headers!r}")
         self._draft_headers = headers in ("draft-10", "both")
@@ -336,14 +345,20 @@ class RateLimitMiddleware:
         if not rules:
             await self.app(scope, receive, send)
             return
-        try:
-            if static:
-                checks = self._static_checks(scope, rules)
-            else:
-                checks = await self._checks(scope, rules)
-        except Exception:
-            logger.exception("rate-limit key/limit/cost callable failed; the request is not limited")
-            checks = []
+        refused: list[str] = []
+        if static:
+            checks = self._static_checks(scope, rules)
+        else:
+            checks = await self._checks(scope, rules, refused)
+        if refused:
+            # a failing callable (on_callable_error="deny") or a cost above the limit: waiting cannot
+            # help, so the 429 carries no Retry-After
+            self._telemetry.span_attributes({"asgi_resilience.rate_limit.result": "limited"})
+            exc = RateLimitExceeded(
+                "This request cannot be admitted by the rate limit", retry_after=None, violated_policies=refused
+            )
+            await self._deny(scope, receive, send, exc, ())
+            return
         if not checks:
             await self.app(scope, receive, send)
             return
@@ -412,39 +427,71 @@ class RateLimitMiddleware:
                 )
         return checks
 
-    async def _checks(self, scope: Scope, rules: Sequence[Rule]) -> list[Check]:
+    async def _checks(self, scope: Scope, rules: Sequence[Rule], refused: list[str]) -> list[Check]:
+        """The checks of the rules that apply; rules that must refuse the request go to ``refused``.
+
+        Each rule's callables are evaluated on their own: one that raises fails only its own rule.
+        """
         checks: list[Check] = []
         global_shadow = self.shadow
         request = HTTPConnection(scope)  # what callables receive: also a mapping over the scope
         for rule in rules:
-            limits = rule.limits
-            if limits is None:
-                value = rule.limit(request)  # type: ignore[operator]
-                if inspect.isawaitable(value):
-                    value = await value
-                if value is None:
-                    continue  # unlimited for this request
-                limits = parse_limits(value)
-                self._check_rule_limits(rule, limits)
-            partition = self._partition(rule.key, scope, request)
-            if partition is not None and not isinstance(partition, str):
-                partition = await partition
-            if partition is None:
-                continue
-            cost: Any = rule.cost
-            if not isinstance(cost, int):
-                cost = cost(request)
-                if inspect.isawaitable(cost):
-                    cost = await cost
-                if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
-                    raise ValueError(f"rule {rule.name!r}: cost callable returned {cost!r}, expected an int >= 0")
             enforce = not (global_shadow or rule.shadow)
+            try:
+                found = await self._evaluate(rule, scope, request)
+            except Exception as exc:
+                self._record(rule.name, "callable_error")
+                self._rare_log.log(
+                    logging.ERROR,
+                    ("callable", rule.name),
+                    "rate-limit rule %r: its key/limit/cost callable failed; on_callable_error=%r",
+                    rule.name,
+                    self.on_callable_error,
+                    exc_info=exc,
+                )
+                if self.on_callable_error == "deny" and enforce:
+                    refused.append(rule.name)
+                continue
+            if found is None:
+                continue
+            limits, partition, cost = found
+            if any(cost > limit.amount for limit in limits):
+                # more than the whole quota: no wait makes it fit, so it is refused without Retry-After
+                self._record(rule.name, "limited" if enforce else "shadow_limited")
+                if enforce:
+                    refused.append(rule.name)
+                continue
             multi = len(limits) > 1
             for nth, limit in enumerate(limits):
                 checks.append(
                     Check(rule.name, nth, partition, limit.amount, limit.period_ms, cost, enforce, rule.counter, multi)
                 )
         return checks
+
+    async def _evaluate(self, rule: Rule, scope: Scope, request: Any) -> tuple[Sequence[Any], str, int] | None:
+        """(limits, partition, cost) of ``rule`` for a request, None when it does not apply; may raise."""
+        limits = rule.limits
+        if limits is None:
+            value = rule.limit(request)  # type: ignore[operator]
+            if inspect.isawaitable(value):
+                value = await value
+            if value is None:
+                return None  # unlimited for this request
+            limits = parse_limits(value)
+            self._check_rule_limits(rule, limits)
+        partition = self._partition(rule.key, scope, request)
+        if partition is not None and not isinstance(partition, str):
+            partition = await partition
+        if partition is None:
+            return None
+        cost: Any = rule.cost
+        if not isinstance(cost, int):
+            cost = cost(request)
+            if inspect.isawaitable(cost):
+                cost = await cost
+            if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+                raise ValueError(f"rule {rule.name!r}: cost callable returned {cost!r}, expected an int >= 0")
+        return limits, partition, cost
 
     def _check_rule_limits(self, rule: Rule, limits: Sequence[Any]) -> None:
         if self.strategy == "moving-window" and any(limit.amount > MOVING_WINDOW_MAX for limit in limits):
@@ -636,7 +683,9 @@ class RateLimitMiddleware:
             series = self._series[(rule, result)] = self._requests.bind({"rule": rule, "result": result})
         series.add(1)
         if result == "shadow_limited":
-            logger.info("rate limit %r would reject this request (shadow mode)", rule)
+            self._rare_log.log(
+                logging.INFO, ("shadow", rule), "rate limit %r would reject this request (shadow mode)", rule
+            )
 
     def _policy_item(self, check: Check) -> tuple[str, str]:
         window = max(1, math.ceil(check.period_ms / 1000))

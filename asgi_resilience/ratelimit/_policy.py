@@ -176,6 +176,10 @@ class Rule:
         if not isinstance(cost, int) and not callable(cost):
             raise ConfigurationError(f"Rule cost must be an int >= 0 or a callable, got {cost!r}")
         self.cost = cost
+        if isinstance(cost, int) and self.limits is not None and any(cost > lim.amount for lim in self.limits):
+            raise ConfigurationError(
+                f"Rule cost {cost} is more than the limit {limit!r} allows: no request could ever be admitted"
+            )
         if path is not None and not isinstance(path, (str, list, tuple)):
             raise ConfigurationError(f"Rule path must be a path pattern or a list of them, got {path!r}")
         patterns = [path] if isinstance(path, str) else list(path) if path is not None else []

@@ -288,21 +288,50 @@ async def test_tiers_through_a_callable_limit() -> None:
     assert [(await run(mw)).status for _ in range(3)] == [200, 200, 429]
 
 
-async def test_failing_resolver_does_not_break_the_request(caplog: pytest.LogCaptureFixture) -> None:
-    def broken(scope: Scope) -> str:
-        raise KeyError("tier")
+async def test_a_failing_callable_fails_only_its_own_rule(caplog: pytest.LogCaptureFixture) -> None:
+    """X-Batch-Size: abc used to drop every rule: 20 of 20 admitted against a 5/minute per-IP rule."""
 
-    mw = limiter(Rule(broken, name="broken"))
-    with caplog.at_level(logging.ERROR, logger="asgi_resilience.ratelimit"):
-        h = await run(mw)
-    assert h.status == 200
-    assert any("callable failed" in r.getMessage() for r in caplog.records)
-    mw = limiter(Rule("5/minute", cost=lambda scope: -3))
-    assert (await run(mw)).status == 200
-    mw = limiter(Rule(lambda scope: "not a rate"))
-    assert (await run(mw)).status == 200
-    mw = limiter(Rule(lambda scope: "20000/minute"), strategy="moving-window")
-    assert (await run(mw)).status == 200
+    def batch_size(request: Any) -> int:
+        return int(request.headers.get("x-batch-size", "1"))  # raises on "abc"
+
+    rules = [Rule("5/minute", name="per-ip"), Rule("1000/minute", key="global", cost=batch_size, name="batch")]
+    for mode, first in (("skip", 200), ("deny", 429)):
+        mw = limiter(*rules, on_callable_error=mode, telemetry=Telemetry())
+        with caplog.at_level(logging.ERROR, logger="asgi_resilience.ratelimit"):
+            statuses = [(await run(mw, headers=[("x-batch-size", "abc")])).status for _ in range(20)]
+        if mode == "skip":  # the failing rule is left out; the per-IP rule still counts
+            assert statuses == [200] * 5 + [429] * 15
+        else:  # the failing rule refuses, with nothing to wait for
+            assert statuses == [429] * 20
+            h = await run(mw, headers=[("x-batch-size", "abc")])
+            assert h.header("retry-after") is None and h.json()["violated_policies"] == ["batch"]
+        assert statuses[0] == first
+        totals = mw._telemetry.instrument("asgi_resilience.rate_limit.requests").totals
+        assert sum(v for k, v in totals.items() if dict(k)["result"] == "callable_error") >= 20
+    # logged once per interval per rule (with the traceback), not once per request
+    assert len([r for r in caplog.records if "callable failed" in r.getMessage()]) == 2
+
+
+async def test_bad_callable_results_are_callable_errors_too() -> None:
+    for rule in (
+        Rule("5/minute", cost=lambda request: -3),
+        Rule(lambda request: "not a rate"),
+        Rule(lambda request: "20000/minute"),
+    ):
+        options: dict[str, Any] = {"strategy": "moving-window"}
+        assert (await run(limiter(rule, on_callable_error="skip", **options))).status == 200
+        assert (await run(limiter(rule, **options))).status == 429
+
+
+async def test_a_cost_above_the_limit_is_refused_without_a_retry_after_that_cannot_come_true() -> None:
+    mw = limiter(Rule("5/minute", cost=lambda request: 10, name="bulk"))
+    h = await run(mw)
+    assert h.status == 429 and h.header("retry-after") is None
+    assert h.json()["violated_policies"] == ["bulk"]
+    shadow = limiter(Rule("5/minute", cost=lambda request: 10, shadow=True))
+    assert (await run(shadow)).status == 200
+    with pytest.raises(ConfigurationError, match="no request could ever be admitted"):
+        Rule("5/minute", cost=6)
 
 
 async def test_trusted_proxy_and_spoofing() -> None:
