@@ -52,7 +52,7 @@ from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.observability._telemetry import Telemetry, resolve_telemetry
 from asgi_resilience.problems import ProblemHandler
 from asgi_resilience.ratelimit import Rule
-from asgi_resilience.ratelimit._middleware import HeaderMode, StoreErrorMode
+from asgi_resilience.ratelimit._middleware import CallableErrorMode, HeaderMode, StoreErrorMode
 from asgi_resilience.ratelimit._policy import Strategy
 from asgi_resilience.timeouts._adaptive import Algorithm
 from asgi_resilience.timeouts._middleware import Mode
@@ -104,6 +104,7 @@ class RateLimitOptions(TypedDict, total=False):
     on_store_error: StoreErrorMode
     store_timeout: float | timedelta
     store_cooldown: float | timedelta
+    on_callable_error: CallableErrorMode
     shadow: bool
     headers: HeaderMode | None
     ipv6_prefix: int

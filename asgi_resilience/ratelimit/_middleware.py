@@ -46,6 +46,7 @@ logger = logging.getLogger("asgi_resilience.ratelimit")
 
 T = TypeVar("T")
 HeaderMode = Literal["draft-10", "legacy", "both"]
+CallableErrorMode = Literal["deny", "skip"]
 StoreErrorMode = Literal["open", "closed", "local"]
 _CONCERN = "rate_limit"
 _MAX_COOLDOWN = 30.0
@@ -154,7 +155,7 @@ class RateLimitMiddleware:
         on_store_error: StoreErrorMode = "open",
         store_timeout: float | timedelta = 0.05,
         store_cooldown: float | timedelta = 1.0,
-        on_callable_error: Literal["deny", "skip"] = "deny",
+        on_callable_error: CallableErrorMode = "deny",
         shadow: bool = False,
         headers: HeaderMode | None = "draft-10",
         ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
