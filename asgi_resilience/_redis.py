@@ -81,9 +81,18 @@ def _sentinel_master(target: str, socket_timeout: float | None) -> Redis:
     nodes = []
     for node in hosts.split(","):
         host, _, port = node.rpartition(":")
-        nodes.append((host or node, int(port) if port.isdigit() else 26379))
+        nodes.append((host or node, _number(port, 26379, target)))
     # Typed through ``Any``: redis-py < 8.2 leaves ``Sentinel.__init__`` untyped, 8.2 types it, and a
     # ``type: ignore`` that one version needs is an error ("unused ignore") on the other.
     sentinel_cls: Any = Sentinel
     sentinel = sentinel_cls(nodes, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
-    return cast("Redis", sentinel.master_for(service, db=int(db) if db.isdigit() else 0))
+    return cast("Redis", sentinel.master_for(service, db=_number(db, 0, target)))
+
+
+def _number(text: str, default: int, target: str) -> int:
+    """A port or database number of a URL: ASCII digits only (``"²".isdigit()`` is True in Python)."""
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigurationError(f"expected a port or database number of ASCII digits in {target!r}, got {text!r}")
+    return int(text)
