@@ -192,6 +192,7 @@ class Exchange:
     finished: bool = False
     entry: Entry | None = None
     stored: bool = False
+    start: Message = field(default_factory=dict)  # the app's own start message (keeps "trailers")
 
     def __post_init__(self) -> None:
         req = self.req
@@ -241,6 +242,7 @@ class Exchange:
     async def _start(self, message: Message) -> None:
         shared, req = self.shared, self.req
         self.response_time = shared.clock()
+        self.start = message
         self.status = int(message["status"])
         self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
         step = self.step = on_response(
@@ -282,9 +284,7 @@ class Exchange:
     async def _send_start(self, *, stored: bool) -> None:
         self.client_started = True
         value = cache_status(fwd=self.fwd, stored=stored)
-        await self.client(
-            {"type": "http.response.start", "status": self.status, "headers": [*self.out, (b"cache-status", value)]}
-        )
+        await self.client({**self.start, "headers": [*self.out, (b"cache-status", value)]})
 
     async def _body(self, message: Message) -> None:
         more = bool(message.get("more_body", False))

@@ -307,3 +307,42 @@ async def test_a_cold_conditional_request_keeps_its_304_from_the_app() -> None:
     assert h.status == 304 and origin.request_header("if-none-match") == '"v1"'
     anonymous = await get(mw, "/me", headers=[("if-none-match", '"v1"')])
     assert anonymous.status == 304 and mw._passing == {}  # a 304 says nothing about the URL
+
+
+async def test_unsafe_methods_invalidate_every_variant_of_their_host() -> None:
+    def respond(scope: Scope) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+        if scope["method"] == "GET":
+            return 200, [("cache-control", "max-age=60"), ("vary", "accept")], [dict(scope["headers"])[b"accept"]]
+        return 204, [], []
+
+    origin = Origin(respond=respond)
+    mw = make(origin)
+    for accept in ("text/html", "application/json"):
+        await get(mw, "/doc", headers=[("accept", accept)])
+    await get(mw, "/doc", method="DELETE")
+    for accept in ("text/html", "application/json"):
+        assert "hit" not in status_of(await get(mw, "/doc", headers=[("accept", accept)]))
+    assert origin.calls == 5
+
+
+async def test_a_response_with_trailers_keeps_its_trailers_flag() -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        headers = [(b"cache-control", b"max-age=60"), (b"trailer", b"x-checksum")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers, "trailers": True})
+        await send({"type": "http.response.body", "body": b"data"})
+        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"1")], "more_trailers": False})
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    mw = make(Origin())
+    mw.app = app
+    await mw(http_scope(), receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0].get("trailers") is True
+    assert [m["type"] for m in sent][1:] == ["http.response.body", "http.response.trailers"]
+    assert mw.cache.memory is not None and len(mw.cache.memory) == 0
