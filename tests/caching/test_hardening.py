@@ -75,6 +75,7 @@ async def test_a_fresh_entry_is_never_skipped_after_an_unstorable_revalidation()
 
 
 async def test_range_and_conditional_requests_on_a_cold_url_never_make_it_hit_for_pass() -> None:
+    """The Range request fetches the whole (storable) response; the conditional one is not eligible."""
     origin = Origin(headers=[("cache-control", "max-age=60"), ("etag", '"a"')])
     mw = make(origin)
     await get(mw, "/r", headers=[("range", "bytes=0-1")])
@@ -346,3 +347,19 @@ async def test_a_response_with_trailers_keeps_its_trailers_flag() -> None:
     assert sent[0]["type"] == "http.response.start" and sent[0].get("trailers") is True
     assert [m["type"] for m in sent][1:] == ["http.response.body", "http.response.trailers"]
     assert mw.cache.memory is not None and len(mw.cache.memory) == 0
+
+
+async def test_a_range_miss_of_an_unstorable_url_lets_later_ranges_through() -> None:
+    """The whole response to a Range miss says the URL is not storable: later ranges go to the app."""
+
+    def respond(scope: Scope) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+        if dict(scope["headers"]).get(b"range") == b"bytes=0-1":
+            return 206, [("content-range", "bytes 0-1/100")], [b"xx"]
+        return 200, [("cache-control", "max-age=60"), ("content-length", "100")], [b"x" * 100]
+
+    origin = Origin(respond=respond)
+    mw = make(origin, max_body_size=10)
+    first = await get(mw, headers=[("range", "bytes=0-1")])
+    assert first.status == 200 and origin.request_header("range") is None  # too large to store
+    second = await get(mw, headers=[("range", "bytes=0-1")])
+    assert (second.status, second.body) == (206, b"xx") and origin.request_header("range") == "bytes=0-1"
