@@ -20,6 +20,9 @@ class MetricSpec(NamedTuple):
     unit: str
     description: str
     attributes: tuple[str, ...]
+    observable: bool = False
+    """Read from totals the component keeps itself (``Instrument.observe``) when collected, so its hot
+    path only bumps an integer; exported as an OpenTelemetry observable (asynchronous) instrument."""
 
 
 _SPECS = [
@@ -193,6 +196,7 @@ _SPECS = [
         "Calls a named circuit breaker refused without making them (open, or half-open with its probes in "
         "flight), by policy name; the httpx transports count theirs as client.attempts with outcome rejected.",
         ("policy",),
+        observable=True,
     ),
 ]
 
@@ -222,8 +226,9 @@ def metric_table_markdown() -> str:
     ]
     for spec in METRICS.values():
         attributes = ", ".join(f"`{a}`" for a in spec.attributes) or "-"
+        kind = ("Observable" if spec.observable else "") + _KIND_NAMES[spec.kind]
         lines.append(
-            f"| `{spec.name}` | {_KIND_NAMES[spec.kind]} | `{spec.unit}` | {attributes} | "
+            f"| `{spec.name}` | {kind} | `{spec.unit}` | {attributes} | "
             f"`{prometheus_name(spec)}` | {spec.description} |"
         )
     return "\n".join(lines) + "\n"

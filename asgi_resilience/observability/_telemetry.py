@@ -45,7 +45,7 @@ class Instrument:
     :data:`_DRAIN_EVERY` calls and whenever they are read (:attr:`totals`, :attr:`buckets`).
     """
 
-    __slots__ = ("_buckets", "_lock", "_otel", "_pending", "_totals", "history", "kind", "name")
+    __slots__ = ("_buckets", "_lock", "_observed", "_otel", "_pending", "_totals", "history", "kind", "name")
 
     def __init__(self, name: str, kind: str, otel: Any, *, history: int = 0) -> None:
         self.name = name
@@ -59,6 +59,8 @@ class Instrument:
         self.history: deque[tuple[float, dict[str, str]]] | None = deque(maxlen=history) if history else None
         # histograms: attribute tuple -> counts per LATENCY_BOUNDS bucket (the last one is "above")
         self._buckets: dict[tuple[tuple[str, str], ...], list[int]] = {}
+        # observed series: attribute tuple -> (attributes, read the total the component keeps itself)
+        self._observed: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], Callable[[], float]]] = {}
 
     @property
     def totals(self) -> dict[tuple[tuple[str, str], ...], Any]:
@@ -93,6 +95,9 @@ class Instrument:
                 counts[bisect.bisect_left(LATENCY_BOUNDS, value)] += 1
             else:
                 totals[key] = totals.get(key, 0) + value
+        for key, (_, read) in self._observed.items():
+            if key in totals or len(totals) < CARDINALITY_LIMIT:
+                totals[key] = read()
 
     def _otel_attributes(self, key: tuple[tuple[str, str], ...], attributes: Attributes | None) -> Attributes | None:
         totals = self._totals  # read without the lock: at worst a few late series pass as themselves
@@ -103,6 +108,26 @@ class Instrument:
     def bind(self, attributes: Attributes | None = None) -> Series:
         """This instrument with fixed ``attributes`` (a per-request hot path builds its key once)."""
         return Series(self, attributes)
+
+    def observe(self, attributes: Attributes | None, read: Callable[[], float]) -> None:
+        """Report ``read()`` as the value of the ``attributes`` series whenever the instrument is read.
+
+        For the observable instruments of the table (``MetricSpec.observable``): the component keeps
+        its own total (a hot path that only bumps an integer), and the in-process totals and
+        OpenTelemetry (an asynchronous instrument's callback) read it when they collect. Observing the
+        same attributes again replaces the earlier reader.
+        """
+        key = tuple(attributes.items()) if attributes else ()
+        with self._lock:
+            self._observed[key] = (dict(attributes) if attributes else {}, read)
+
+    def observations(self, options: Any = None) -> list[Any]:
+        """The OpenTelemetry callback of an observable instrument: one ``Observation`` per observed series."""
+        from opentelemetry.metrics import Observation
+
+        with self._lock:
+            observed = list(self._observed.values())
+        return [Observation(read(), attributes) for attributes, read in observed]
 
     def add(self, value: float, attributes: Attributes | None = None) -> None:
         # Unsorted on the hot path; snapshot() merges keys that differ only in order.
@@ -186,6 +211,9 @@ class _NoopInstrument(Instrument):
     def record(self, value: float, attributes: Attributes | None = None) -> None:
         return None
 
+    def observe(self, attributes: Attributes | None, read: Callable[[], float]) -> None:
+        return None
+
 
 class Telemetry:
     """Instruments (from the published table) and span helpers for one set of components.
@@ -232,7 +260,7 @@ class Telemetry:
             found = self._instruments.get(name)
             if found is None:
                 otel = None
-                if self._meter is not None:
+                if self._meter is not None and not spec.observable:
                     create = {
                         "counter": self._meter.create_counter,
                         "up_down_counter": self._meter.create_up_down_counter,
@@ -241,6 +269,13 @@ class Telemetry:
                     }[spec.kind]
                     otel = create(spec.name, unit=spec.unit, description=spec.description)
                 found = Instrument(name, spec.kind, otel, history=HISTORY_SIZE if name in HISTORY_METRICS else 0)
+                if self._meter is not None and spec.observable:
+                    observable = {
+                        "counter": self._meter.create_observable_counter,
+                        "up_down_counter": self._meter.create_observable_up_down_counter,
+                        "gauge": self._meter.create_observable_gauge,
+                    }[spec.kind]
+                    observable(spec.name, callbacks=[found.observations], unit=spec.unit, description=spec.description)
                 self._instruments[name] = found
         return found
 

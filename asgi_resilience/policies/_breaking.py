@@ -124,9 +124,14 @@ class _Shared:
         self.telemetry = telemetry
         self.state_metric = telemetry.instrument("asgi_resilience.circuit_breaker.state")
         self.transitions = telemetry.instrument("asgi_resilience.circuit_breaker.transitions")
-        self.refused = telemetry.instrument("asgi_resilience.circuit_breaker.refused").bind({"policy": name})
+        # a refusal only bumps this integer (the open path takes no lock and stays cheap); the metric reads it
+        self.refusals = 0
+        telemetry.instrument("asgi_resilience.circuit_breaker.refused").observe({"policy": name}, self._refusals)
         self.state_metric.add(1, {"origin": name, "state": State.CLOSED.value})
         register_snapshots(telemetry)
+
+    def _refusals(self) -> int:
+        return self.refusals
 
 
 class Breaker(Policy):
@@ -199,7 +204,7 @@ class Breaker(Policy):
                     logger.exception("circuit breaker %s: listener %r failed", t.origin, listener)
 
     def refusal(self, admission: Admission) -> CircuitOpenError:
-        self._shared.refused.add(1)
+        self._shared.refusals += 1
         message = self._half_open_message if admission.state is State.HALF_OPEN else self._open_message
         return CircuitOpenError(message, retry_after=max(0.0, admission.retry_after), origin=self.name)
 

@@ -97,7 +97,7 @@ def breakers_snapshot() -> list[dict[str, Any]]:
     rows = [{**breaker.snapshot(now), "kind": "origin"} for registry in registries for breaker in registry.breakers()]
     with NAMED.lock:
         named = list(NAMED.breakers.values())
-    rows.extend({**handle.breaker.snapshot(now), "kind": "named"} for handle in named)
+    rows.extend({**handle.breaker.snapshot(now), "kind": "named", "refused": handle.refusals} for handle in named)
     return rows
 
 

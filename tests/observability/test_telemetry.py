@@ -79,6 +79,29 @@ def test_bound_series_and_lock_free_totals_keep_every_value_in_order() -> None:
     assert NOOP.instrument("asgi_resilience.concurrency.active").bind(attributes).add(1) is None
 
 
+def test_observable_counters_read_the_components_own_totals_when_collected() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+    assert METRICS["asgi_resilience.circuit_breaker.refused"].observable
+    refused = telemetry.instrument("asgi_resilience.circuit_breaker.refused")
+    counts = {"llm": 0, "authz": 0}
+    refused.observe({"policy": "llm"}, lambda: counts["llm"])
+    refused.observe({"policy": "authz"}, lambda: counts["authz"])
+    counts["llm"] = 3  # what a hot path does: bump its own integer, no call into the telemetry
+    assert refused.totals == {(("policy", "llm"),): 3, (("policy", "authz"),): 0}
+    points = collect(reader)["asgi_resilience.circuit_breaker.refused"]
+    assert sorted(points, key=lambda p: p[1]) == [({"policy": "authz"}, 0, "{call}"), ({"policy": "llm"}, 3, "{call}")]
+    counts["llm"] = 5
+    assert telemetry.sample()[("asgi_resilience.circuit_breaker.refused", (("policy", "llm"),))] == 5
+    assert {"attributes": {"policy": "llm"}, "value": 5} in telemetry.snapshot()["metrics"][
+        "asgi_resilience.circuit_breaker.refused"
+    ]
+    assert ({"policy": "llm"}, 5, "{call}") in collect(reader)["asgi_resilience.circuit_breaker.refused"]
+    refused.observe({"policy": "llm"}, lambda: 1)  # observing the same series again replaces the reader
+    assert refused.totals[(("policy", "llm"),)] == 1
+    assert NOOP.instrument("asgi_resilience.circuit_breaker.refused").observe({"policy": "x"}, lambda: 1) is None
+
+
 def test_unknown_metric_name_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="published metric table"):
         Telemetry().instrument("asgi_resilience.nope")

@@ -25,6 +25,7 @@ from asgi_resilience.policies import (
     retry,
     time_limit,
 )
+from asgi_resilience.policies._registry import breakers_snapshot
 from asgi_resilience.testing import ManualClock, set_testing
 
 pytestmark = pytest.mark.anyio
@@ -354,7 +355,7 @@ async def test_every_refusal_is_counted_by_policy_name() -> None:
 
     with pytest.raises(Flaky):
         await call()  # the failure that opens it is a call, not a refusal
-    assert refused.totals == {}
+    assert refused.totals == {(("policy", "counted"),): 0}
     with pytest.raises(CircuitOpenError):
         await call()
     assert sync_call() is None  # refused, then fallen back: still a refusal
@@ -362,6 +363,7 @@ async def test_every_refusal_is_counted_by_policy_name() -> None:
         async with breaker:
             pass
     assert refused.totals == {(("policy", "counted"),): 3}
+    assert [b["refused"] for b in breakers_snapshot() if b["kind"] == "named"] == [3]
 
 
 def test_unnamed_breaker_is_refused() -> None:
