@@ -53,7 +53,7 @@ from asgi_resilience.policies import (
     retry,
     time_limit,
 )
-from asgi_resilience.problems import ProblemDetailsMiddleware
+from asgi_resilience.problems import ProblemDetailsMiddleware, add_problem_openapi
 from asgi_resilience.ratelimit import RateLimitMiddleware, Rule, rate_limit
 from asgi_resilience.stack import ResilienceStack, ResilientApp, resilient
 from asgi_resilience.timeouts import (
@@ -99,6 +99,7 @@ __all__ = [
     "TimeLimitExceeded",
     "TimeoutMiddleware",
     "TrustedProxies",
+    "add_problem_openapi",
     "async_resilient_client",
     "bulkhead",
     "cache",

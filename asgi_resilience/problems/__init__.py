@@ -8,5 +8,6 @@ a 500 that leaks nothing unless ``debug=True``.
 from __future__ import annotations
 
 from asgi_resilience.problems._middleware import ProblemDetailsMiddleware, ProblemHandler
+from asgi_resilience.problems._openapi import PROBLEM_SCHEMA, add_problem_openapi
 
-__all__ = ["ProblemDetailsMiddleware", "ProblemHandler"]
+__all__ = ["PROBLEM_SCHEMA", "ProblemDetailsMiddleware", "ProblemHandler", "add_problem_openapi"]

@@ -48,6 +48,7 @@ from asgi_resilience import (
     Telemetry,
     TimeoutMiddleware,
     TrustedProxies,
+    add_problem_openapi,
     async_resilient_client,
     cache,
     current_deadline,
@@ -103,6 +104,13 @@ def wrap_directly() -> ASGIApp:
     app = TimeoutMiddleware(app, timeout=timedelta(seconds=3), mode="complete", idle_timeout=1.0)
     app = ConcurrencyLimitMiddleware(app, max_concurrent=10, adaptive=True, min_concurrent=2)
     return app
+
+
+def problem_openapi() -> FastAPI:
+    api = FastAPI()
+    add_problem_openapi(api)
+    add_problem_openapi(api, statuses=[404, 429])
+    return api
 
 
 def stack() -> ResilientApp:
