@@ -80,8 +80,10 @@ def _sentinel_master(target: str, socket_timeout: float | None) -> Redis:
         raise ConfigurationError(f"expected redis+sentinel://host:port[,host:port]/<service>[/<db>], got {target!r}")
     nodes = []
     for node in hosts.split(","):
-        host, _, port = node.rpartition(":")
-        nodes.append((host or node, _number(port, 26379, target)))
+        host, sep, port = node.rpartition(":")
+        if not sep:  # no port given
+            host, port = node, ""
+        nodes.append((host, _number(port, 26379, target)))
     # Typed through ``Any``: redis-py < 8.2 leaves ``Sentinel.__init__`` untyped, 8.2 types it, and a
     # ``type: ignore`` that one version needs is an error ("unused ignore") on the other.
     sentinel_cls: Any = Sentinel

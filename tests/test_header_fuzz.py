@@ -138,3 +138,7 @@ def test_redis_url_port_and_database_numbers(value: str) -> None:
 def test_unicode_digits_in_a_sentinel_port_are_refused(digit: str) -> None:
     with pytest.raises(ConfigurationError, match="ASCII digits"):
         redis_client(f"redis+sentinel://127.0.0.1:2637{digit}/mymaster")
+
+
+def test_a_sentinel_node_without_a_port_uses_the_default() -> None:
+    redis_client("redis+sentinel://127.0.0.1:26379,127.0.0.2/mymaster/2")
