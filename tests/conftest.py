@@ -10,12 +10,14 @@ import asyncio
 import inspect
 import os
 import shutil
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from asgi_resilience.policies import reset_policies
-from asgi_resilience.testing import RedisServer
+from asgi_resilience.testing import RedisServer, free_port
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 REDIS_HINT = "redis-server is not on PATH: install it (apt-get install redis-server / brew install redis)"
@@ -146,3 +148,46 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     yield make
     for server in started:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    """A 3-master Redis Cluster (no replicas) for the session: ``redis+cluster://`` URL of one node."""
+    require_redis_binary()
+    import redis
+
+    nodes = [
+        # an explicit bus port: the default (port + 10000) may be taken or above 65535
+        RedisServer(
+            args=("--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000")
+        )
+        for _ in range(3)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes)]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            states = []
+            for node in nodes:
+                client = redis.Redis(port=node.port)
+                try:
+                    states.append(client.cluster("info")["cluster_state"] == "ok")
+                finally:
+                    client.close()
+            if all(states):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the test Redis Cluster did not reach cluster_state:ok")
+        yield f"redis+cluster://127.0.0.1:{nodes[0].port}/0"
+    finally:
+        for node in nodes:
+            node.__exit__(None, None, None)

@@ -18,7 +18,7 @@ from asgi_resilience._optional import import_optional
 from asgi_resilience._outage import OutageGuard
 from asgi_resilience._redis import CONNECT_BUDGET, is_redis_url, redis_client
 from asgi_resilience.caching._policy import Entry, VaryMarker, index_of, normalize_query
-from asgi_resilience.caching._storage import AiocacheStore, L1Store, MemoryStore, RedisStore, Store
+from asgi_resilience.caching._storage import AiocacheStore, Found, L1Store, MemoryStore, RedisStore, Store
 from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.observability import Telemetry, resolve_telemetry
 
@@ -41,7 +41,7 @@ def _is_aiocache(value: object) -> bool:
 
 
 def _is_redis_client(value: object) -> bool:
-    return type(value).__module__.startswith("redis") and hasattr(value, "pubsub")
+    return type(value).__module__.startswith("redis") and hasattr(value, "execute_command")
 
 
 class Cache:
@@ -85,8 +85,8 @@ class Cache:
                 raise ConfigurationError(f"{name} must be an int >= 1 (bytes), got {value!r}")
         if not isinstance(backend_timeout, (int, float)) or not 0 < backend_timeout <= 60:
             raise ConfigurationError(f"backend_timeout must be seconds in (0, 60], got {backend_timeout!r}")
-        if not namespace or not isinstance(namespace, str):
-            raise ConfigurationError("namespace must be a non-empty string")
+        if not namespace or not isinstance(namespace, str) or "{" in namespace or "}" in namespace:
+            raise ConfigurationError(f"namespace must be a non-empty string without braces, got {namespace!r}")
         self.clock = clock
         self.backend_timeout = float(backend_timeout)
         self._telemetry = resolve_telemetry(telemetry)
@@ -167,11 +167,29 @@ class Cache:
         self.ensure_listener()
         return await self.call("get", lambda: self.store.get(key), None)
 
-    async def set(self, key: str, value: Entry | VaryMarker, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+    async def lookup(self, key: str, *, lease: float) -> Found:
+        """:meth:`get`; on a shared backend, a miss also takes the lease of ``key`` when the backend can
+        do both in one round trip (``Found.token``), or says that another process holds it."""
+        if self.memory is not None:
+            return Found(self.memory.peek(key))
+        self.ensure_listener()
+        return await self.call("get", lambda: self.store.lookup(key, lease=lease), Found(None))
+
+    async def set(
+        self,
+        key: str,
+        value: Entry | VaryMarker,
+        ttl: float,
+        *,
+        index: str,
+        tags: Sequence[str],
+        release: str | None = None,
+    ) -> None:
+        """Store ``value``; ``release``: the lease token of ``key`` to give back in the same call."""
         if self.memory is not None:
             self.memory.put(key, value, ttl, index=index, tags=tags)
             return
-        await self.call("set", lambda: self.store.set(key, value, ttl, index=index, tags=tags), None)
+        await self.call("set", lambda: self.store.set(key, value, ttl, index=index, tags=tags, release=release), None)
 
     # --- invalidation ----------------------------------------------------------------------------------
 

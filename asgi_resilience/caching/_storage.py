@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -26,6 +27,7 @@ from asgi_resilience.observability import Instrument
 __all__ = [
     "AiocacheStore",
     "BoundedLRU",
+    "Found",
     "L1Store",
     "MemoryStore",
     "RedisStore",
@@ -244,6 +246,17 @@ class BoundedLRU:
             self._usage.add(self.bytes - before, self._attrs)
 
 
+class Found(NamedTuple):
+    """What :meth:`Store.lookup` found under a key."""
+
+    value: Value | None
+    token: str | None = None
+    """The lease of the key, taken by this lookup: the caller computes the value, then stores it with
+    ``set(..., release=token)`` or gives the lease back with ``release_lease``."""
+    leased: bool = False
+    """Nothing is stored and another caller holds the lease (it is computing the value)."""
+
+
 class Store(ABC):
     """The operations the cache middleware needs from a backend."""
 
@@ -254,7 +267,15 @@ class Store(ABC):
     async def get(self, key: str) -> Value | None: ...
 
     @abstractmethod
-    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None: ...
+    async def set(
+        self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str], release: str | None = None
+    ) -> None:
+        """Store ``value``; ``release``: a lease token of ``key`` given back by the same call."""
+
+    async def lookup(self, key: str, *, lease: float) -> Found:
+        """:meth:`get`, and when nothing is stored, take the lease of ``key`` for ``lease`` seconds in
+        the same round trip if the backend can (otherwise the caller calls :meth:`acquire_lease`)."""
+        return Found(await self.get(key))
 
     @abstractmethod
     async def purge_index(self, index: str) -> list[str]:
@@ -359,7 +380,9 @@ class MemoryStore(Store):
         if self.lru.put(key, value, self._clock() + ttl):
             self._idx.add(key, index, tags)
 
-    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+    async def set(
+        self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str], release: str | None = None
+    ) -> None:
         self.put(key, value, ttl, index=index, tags=tags)
 
     async def purge_index(self, index: str) -> list[str]:
@@ -407,7 +430,9 @@ class AiocacheStore(Store):
             return None
         return decode(bytes(blob))
 
-    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+    async def set(
+        self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str], release: str | None = None
+    ) -> None:
         await self._cache.set(self._k(key), encode(value), ttl=max(1, int(ttl + 0.999)), dumps_fn=_identity)
         self._idx.add(key, index, tags)
 
@@ -447,17 +472,76 @@ def _identity(value: Any) -> Any:
     return value
 
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+_LEASE = b"\x00lease:"
+"""Prefix of the placeholder a lookup leaves under a missing entry's key: the lease of that key (never
+the start of a msgpack value)."""
+
+_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[3] .. ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
 
+_RELEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[2] .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_STORE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[4])
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+end
+return 1
+"""
+
+_INDEX = """
+for i = 1, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[1])
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return 1
+"""
+
+
+def _tag(name: str) -> str:
+    """A Redis Cluster hash tag for ``name``: the name itself when short and safe, else a digest."""
+    if len(name) <= 100 and name.isascii() and name.isprintable() and "{" not in name and "}" not in name:
+        return name
+    return "h:" + hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def _is_cluster(client: Any) -> bool:
+    try:
+        from redis.asyncio.cluster import RedisCluster
+    except ImportError:  # pragma: no cover - redis missing: no client exists either
+        return False
+    return isinstance(client, RedisCluster)
+
 
 class RedisStore(Store):
-    """Redis through redis-py: one ``GET`` per lookup, sets for the URL and tag indexes.
+    """Redis (standalone, Sentinel-managed or Cluster) through redis-py.
 
-    Keys: ``{ns}:e:<key>`` values, ``{ns}:i:<url>`` and ``{ns}:t:<tag>`` index sets, ``{ns}:l:<key>``
-    leases; invalidations are published on ``{ns}:inval``.
+    Keys: ``{ns}:e:{<key>}`` values, ``{ns}:l:{<key>}`` leases of stale values, ``{ns}:i:{<url>}``
+    and ``{ns}:t:{<tag>}`` index sets whose members are cache keys. The braces are Redis Cluster hash
+    tags (a digest replaces a long or unusual name): a value and its lease share a slot, so every
+    script touches one slot. On a cluster, a store whose index sets live in other slots sends one
+    call per slot, in parallel; purges group their deletions by slot.
+
+    Round trips: a hit is one ``SET ... NX GET`` (the value comes back; Redis >= 7.0), which on a miss
+    leaves a lease placeholder in the empty key, so a miss that stores costs that and one script
+    (value, index sets, lease). Older servers: ``GET`` then a lease script.
+
+    Invalidations: sharded pub/sub (``SPUBLISH``/``SSUBSCRIBE``, Redis >= 7.0) on ``{ns}:{inval}``,
+    classic pub/sub on older servers.
     """
 
     name = "redis"
@@ -467,108 +551,238 @@ class RedisStore(Store):
         self._r = client
         self._ns = namespace
         self._owns = owns_client
-        self._channel = f"{namespace}:inval"
-        self._release: Any = None
+        self._channel = f"{namespace}:{{inval}}"
+        self._cluster = _is_cluster(client)
+        self._scripts: dict[str, Any] = {}
+        self._set_get = True  # SET NX GET (Redis >= 7.0); off after a syntax error from an older server
+        self._sharded: bool | None = None  # SPUBLISH/SSUBSCRIBE available; None: not asked yet
+        self._ready = not self._cluster
+        self._lock: asyncio.Lock | None = None
 
-    def _k(self, key: str) -> str:
-        return f"{self._ns}:e:{key}"
+    # --- key names ---------------------------------------------------------------------------------
+
+    def _e(self, key: str) -> str:
+        return f"{self._ns}:e:{{{_tag(key)}}}"
+
+    def _l(self, key: str) -> str:
+        return f"{self._ns}:l:{{{_tag(key)}}}"
+
+    def _i(self, index: str) -> str:
+        return f"{self._ns}:i:{{{_tag(index)}}}"
+
+    def _t(self, tag: str) -> str:
+        return f"{self._ns}:t:{{{_tag(tag)}}}"
+
+    def _slot(self, name: str) -> int:
+        from redis.crc import key_slot
+
+        return int(key_slot(name.encode()))
+
+    async def _prepare(self) -> None:
+        """On a cluster, discover the nodes once before the first burst (not once per request)."""
+        if self._ready:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self._ready:
+                await self._r.initialize()
+                self._ready = True
+
+    async def _run(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._r.register_script(source)
+        return await script(keys=list(keys), args=list(args))
+
+    # --- reads and writes --------------------------------------------------------------------------
 
     async def get(self, key: str) -> Value | None:
-        blob = await self._r.get(self._k(key))
-        if blob is None:
+        await self._prepare()
+        blob = await self._r.get(self._e(key))
+        if blob is None or blob.startswith(_LEASE):
             return None
         return decode(blob)
 
-    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
-        full = self._k(key)
+    async def lookup(self, key: str, *, lease: float) -> Found:
+        await self._prepare()
+        if not self._set_get:
+            return Found(await self.get(key))
+        from redis.exceptions import ResponseError
+
+        token = secrets.token_hex(8)
+        try:
+            blob = await self._r.set(
+                self._e(key), _LEASE + token.encode(), px=max(1, int(lease * 1000)), nx=True, get=True
+            )
+        except ResponseError as exc:
+            if "syntax" not in str(exc).lower():
+                raise
+            self._set_get = False  # Redis < 7.0 refuses NX with GET
+            return Found(await self.get(key))
+        if blob is None:
+            return Found(None, token=token)
+        if blob.startswith(_LEASE):
+            return Found(None, leased=True)
+        return Found(decode(blob))
+
+    async def set(
+        self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str], release: str | None = None
+    ) -> None:
+        await self._prepare()
         ms = max(1000, int(ttl * 1000))
-        seconds = max(1, int(ttl + 0.999))
-        pipe = self._r.pipeline(transaction=False)
-        pipe.set(full, encode(value), px=ms)
-        for set_key in [f"{self._ns}:i:{index}", *(f"{self._ns}:t:{t}" for t in tags)]:
-            pipe.sadd(set_key, full)
-            pipe.expire(set_key, seconds, nx=True)
-            pipe.expire(set_key, seconds, gt=True)
-        await pipe.execute()
+        entry = self._e(key)
+        sets = [self._i(index), *(self._t(t) for t in tags)]
+        here = sets
+        elsewhere: dict[int, list[str]] = {}
+        if self._cluster:
+            slot = self._slot(entry)
+            here = []
+            for name in sets:
+                other = self._slot(name)
+                (here if other == slot else elsewhere.setdefault(other, [])).append(name)
+        calls = [self._run("store", _STORE, [entry, self._l(key), *here], [encode(value), ms, release or "", key, ms])]
+        calls += [self._run("index", _INDEX, names, [key, ms]) for names in elsewhere.values()]
+        if len(calls) == 1:
+            await calls[0]
+        else:
+            await asyncio.gather(*calls)
 
-    async def _members(self, set_keys: Sequence[str]) -> list[str]:
-        found: list[str] = []
-        for set_key in set_keys:
-            for member in await self._r.smembers(set_key):
-                text = member.decode() if isinstance(member, bytes) else str(member)
-                if text not in found:
-                    found.append(text)
-        return found
+    async def _unlink(self, names: Sequence[str]) -> None:
+        if not names:
+            return
+        if not self._cluster:
+            await self._r.unlink(*names)
+            return
+        by_slot: dict[int, list[str]] = {}
+        for name in names:
+            by_slot.setdefault(self._slot(name), []).append(name)
+        await asyncio.gather(*(self._r.unlink(*group) for group in by_slot.values()))
 
-    def _short(self, full: str) -> str:
-        return full[len(self._ns) + 3 :]
+    async def _members(self, set_names: Sequence[str]) -> list[str]:
+        replies = await asyncio.gather(*(self._r.smembers(name) for name in set_names))
+        found: dict[str, None] = {}
+        for members in replies:
+            for member in members:
+                found[member.decode() if isinstance(member, bytes) else str(member)] = None
+        return list(found)
 
     async def purge_index(self, index: str) -> list[str]:
-        set_key = f"{self._ns}:i:{index}"
-        members = await self._members([set_key])
-        await self._r.unlink(set_key, *members)
-        return [self._short(m) for m in members]
+        await self._prepare()
+        set_name = self._i(index)
+        keys = await self._members([set_name])
+        await self._unlink([set_name, *(self._e(k) for k in keys)])
+        return keys
 
     async def purge_tags(self, tags: Sequence[str], *, soft: bool) -> list[str]:
-        set_keys = [f"{self._ns}:t:{t}" for t in tags]
-        members = await self._members(set_keys)
-        if not members:
+        await self._prepare()
+        set_names = [self._t(t) for t in tags]
+        keys = await self._members(set_names)
+        if not keys:
             return []
         if soft:
-            blobs = await self._r.mget(members)
-            pipe = self._r.pipeline(transaction=False)
-            for full, blob in zip(members, blobs, strict=True):
-                if blob is None:
+            blobs = await asyncio.gather(*(self._r.get(self._e(k)) for k in keys))
+            writes = []
+            for key, blob in zip(keys, blobs, strict=True):
+                if blob is None or blob.startswith(_LEASE):
                     continue
                 try:
                     value = decode(blob)
                 except ValueError:
                     continue
-                pipe.set(full, encode(_soft(value)), keepttl=True, xx=True)
-            await pipe.execute()
+                writes.append(self._r.set(self._e(key), encode(_soft(value)), keepttl=True, xx=True))
+            await asyncio.gather(*writes)
         else:
-            await self._r.unlink(*set_keys, *members)
-        return [self._short(m) for m in members]
+            await self._unlink([*set_names, *(self._e(k) for k in keys)])
+        return keys
 
     async def clear(self) -> None:
-        batch: list[bytes] = []
-        async for key in self._r.scan_iter(match=f"{self._ns}:*", count=500):
-            batch.append(key)
+        await self._prepare()
+        batch: list[str] = []
+        async for name in self._r.scan_iter(match=f"{self._ns}:*", count=500):
+            batch.append(name.decode() if isinstance(name, bytes) else str(name))
             if len(batch) >= 500:
-                await self._r.unlink(*batch)
+                await self._unlink(batch)
                 batch = []
-        if batch:
-            await self._r.unlink(*batch)
+        await self._unlink(batch)
+
+    # --- leases ------------------------------------------------------------------------------------
 
     async def acquire_lease(self, key: str, ttl: float) -> str | None:
+        await self._prepare()
         token = secrets.token_hex(8)
-        ok = await self._r.set(f"{self._ns}:l:{key}", token, nx=True, px=max(1, int(ttl * 1000)))
-        return token if ok else None
+        ok = await self._run(
+            "acquire", _ACQUIRE, [self._e(key), self._l(key)], [token, max(1, int(ttl * 1000)), _LEASE]
+        )
+        return token if int(ok) == 1 else None
 
     async def release_lease(self, key: str, token: str) -> None:
-        if self._release is None:
-            self._release = self._r.register_script(_RELEASE)
-        await self._release(keys=[f"{self._ns}:l:{key}"], args=[token])
+        await self._prepare()
+        await self._run("release", _RELEASE, [self._e(key), self._l(key)], [token, _LEASE])
+
+    # --- invalidation channel ----------------------------------------------------------------------
+
+    async def _sharded_pubsub(self) -> bool:
+        """Whether the server has sharded pub/sub (Redis >= 7.0); asked once."""
+        if self._sharded is None:
+            await self._prepare()
+            try:
+                info = await self._r.execute_command("COMMAND", "INFO", "SPUBLISH")
+            except Exception:
+                info = None
+            if isinstance(info, dict):  # the cluster client answers per node
+                info = next(iter(info.values()), None)
+            self._sharded = bool(info) and any(bool(item) for item in info)
+        return self._sharded
 
     async def publish(self, keys: Sequence[str]) -> None:
-        await self._r.publish(self._channel, msgpack.packb(list(keys), use_bin_type=True))
+        await self._prepare()
+        data = msgpack.packb(list(keys), use_bin_type=True)
+        if await self._sharded_pubsub():
+            await self._r.execute_command("SPUBLISH", self._channel, data)
+        else:
+            await self._r.publish(self._channel, data)
 
     def listen(self, callback: Callable[[list[str]], None]) -> Awaitable[None] | None:
         return self._listen(callback)
+
+    def _subscriber(self) -> Any:
+        """A client for the subscription: on a cluster, a plain connection to the node that owns the
+        channel's slot (where sharded messages are delivered)."""
+        if not self._cluster:
+            return self._r
+        import redis.asyncio as aredis
+
+        node = self._r.get_node_from_key(self._channel)
+        pool = aredis.ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+        return aredis.Redis(connection_pool=pool)
 
     async def _listen(self, callback: Callable[[list[str]], None]) -> None:
         """Deliver invalidations; after any outage the whole L1 is dropped (messages may be lost)."""
         first = True
         while True:
-            pubsub = self._r.pubsub()
+            client: Any = None
+            pubsub: Any = None
             try:
-                await pubsub.subscribe(self._channel)
+                await self._prepare()
+                sharded = await self._sharded_pubsub()
+                client = self._subscriber()
+                pubsub = client.pubsub()
+                if sharded:
+                    await pubsub.ssubscribe(self._channel)
+                else:
+                    await pubsub.subscribe(self._channel)
                 if not first:
                     callback(["*"])  # subscribed again: anything published while we were away is lost
                 first = False
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None or message.get("type") != "message":
+                    if message is None:
+                        continue
+                    kind = message.get("type")
+                    if kind in ("sunsubscribe", "unsubscribe"):
+                        raise ConnectionError("the channel moved (cluster resharding)")
+                    if kind not in ("message", "smessage"):
                         continue
                     try:
                         keys = msgpack.unpackb(message["data"], raw=False)
@@ -584,7 +798,11 @@ class RedisStore(Store):
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    if pubsub is not None:
+                        await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    if client is not None and client is not self._r:
+                        await client.aclose()
 
     async def aclose(self) -> None:
         if self._owns:
@@ -650,10 +868,21 @@ class L1Store(Store):
             self._remember(key, value)
         return value
 
-    async def set(self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str]) -> None:
+    async def set(
+        self, key: str, value: Value, ttl: float, *, index: str, tags: Sequence[str], release: str | None = None
+    ) -> None:
         self.lru.pop(key)
-        await self.l2.set(key, value, ttl, index=index, tags=tags)
+        await self.l2.set(key, value, ttl, index=index, tags=tags, release=release)
         self._remember(key, value)
+
+    async def lookup(self, key: str, *, lease: float) -> Found:
+        found = self.peek(key)
+        if found is not None:
+            return Found(found)
+        result = await self.l2.lookup(key, lease=lease)
+        if result.value is not None:
+            self._remember(key, result.value)
+        return result
 
     async def purge_index(self, index: str) -> list[str]:
         keys = await self.l2.purge_index(index)

@@ -70,11 +70,12 @@ async def test_entries_are_msgpack_with_ttl_and_indexes(redis_url: str, caches: 
     try:
         keys = sorted(k.decode() for k in client.keys("*"))
         assert keys == [
-            "asgi-resilience:cache:e:http://testserver/x?a=2&b=1",
-            "asgi-resilience:cache:i:/x?a=2&b=1",
-            "asgi-resilience:cache:t:a",
-            "asgi-resilience:cache:t:uri testserver/x?a=2&b=1",  # this host's copies, for invalidation
+            "asgi-resilience:cache:e:{http://testserver/x?a=2&b=1}",  # {...}: the Redis Cluster hash tag
+            "asgi-resilience:cache:i:{/x?a=2&b=1}",
+            "asgi-resilience:cache:t:{a}",
+            "asgi-resilience:cache:t:{uri testserver/x?a=2&b=1}",  # this host's copies, for invalidation
         ]
+        assert client.smembers(keys[1]) == {b"http://testserver/x?a=2&b=1"}  # index sets hold cache keys
         ttl = client.pttl(keys[0])
         assert 0 < ttl <= 120_000
         assert not client.get(keys[0]).startswith(b"\x80")  # not a pickle

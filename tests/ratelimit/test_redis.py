@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ import redis.asyncio
 from asgi_resilience import RateLimitMiddleware, Rule
 from asgi_resilience.ratelimit import MemoryStorage, RedisStorage
 from asgi_resilience.ratelimit._storage import Check, storage_from
-from asgi_resilience.testing import ASGIHarness, ManualClock, RedisServer, free_port, http_scope, redis_command_counts
+from asgi_resilience.testing import ASGIHarness, ManualClock, RedisServer, http_scope, redis_command_counts
 
 from .conftest import ok_app, parse_headers
 
@@ -231,46 +231,7 @@ def test_four_processes_share_one_redis_exactly(redis_url: str) -> None:
 # Redis Cluster: three masters started by the test
 
 
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[str]:
-    from tests.conftest import require_redis_binary
-
-    require_redis_binary()
-    nodes = [
-        # an explicit bus port: the default (port + 10000) may be taken or above 65535
-        RedisServer(
-            args=("--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000")
-        )
-        for _ in range(3)
-    ]
-    try:
-        for node in nodes:
-            node.start()
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes)]
-            + ["--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            states = []
-            for node in nodes:
-                client = redis.Redis(port=node.port)
-                try:
-                    states.append(client.cluster("info")["cluster_state"] == "ok")
-                finally:
-                    client.close()
-            if all(states):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the test Redis Cluster did not reach cluster_state:ok")
-        yield f"redis+cluster://127.0.0.1:{nodes[0].port}/0"
-    finally:
-        for node in nodes:
-            node.__exit__(None, None, None)
+# (the redis_cluster fixture is in tests/conftest.py, shared with the cache's cluster tests)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
