@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import os
 import signal
 import socket
@@ -61,6 +62,33 @@ def fresh_policies() -> Iterator[None]:
     reset_policies()
     yield
     reset_policies()
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """An example may configure logging like an application does (Litestar's default config makes
+    the root logger INFO with its own handler): the rest of the suite gets the logging it had."""
+    manager = logging.Logger.manager
+    root = logging.getLogger()
+    saved = (root.level, root.handlers[:], root.disabled, manager.disable)
+    levels = {
+        name: (logger.level, logger.handlers[:], logger.propagate, logger.disabled)
+        for name, logger in manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    root.disabled = saved[2]
+    logging.disable(saved[3])
+    for name, logger in list(manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger):
+            continue
+        level, handlers, propagate, disabled = levels.get(name, (logging.NOTSET, [], True, False))
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.disabled = disabled
 
 
 @pytest.fixture
