@@ -160,6 +160,16 @@ class CircuitOpenError(ResilienceError, httpx.TransportError):
         self._request = request
         self.origin = origin
 
+    @classmethod
+    def _quick(cls, message: str, retry_after: float, origin: str) -> CircuitOpenError:
+        """The same error built without the ``__init__`` chain (about a third of the cost), for
+        an open breaker's refusal; ``retry_after`` is the breaker's own, finite and >= 0."""
+        error = cls.__new__(cls, message)
+        error.retry_after = retry_after
+        error.origin = origin
+        error._request = None
+        return error
+
 
 class RetriesExhausted(ResilienceError, httpx.TransportError):
     """Every allowed attempt of an outbound call failed; the last error is ``__cause__`` (502)."""

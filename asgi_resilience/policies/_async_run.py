@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from asgi_resilience.policies._base import AsyncFn
-from asgi_resilience.policies._breaker import Result
+from asgi_resilience.policies._breaker import Result, State
 
 if TYPE_CHECKING:
     from asgi_resilience.policies._breaking import Breaker
@@ -45,10 +45,16 @@ def bind_breaker(policy: Breaker, inner: AsyncFn) -> AsyncFn:
     breaker = policy.breaker
     clock = policy.clock
     shared = policy.shared_state  # state=: read before admitting, written on transitions
+    refuse_open = policy.refuse_open
+    is_open = State.OPEN
 
     async def call(*args: Any, **kwargs: Any) -> Any:
         if shared is not None:
             await policy.async_shared_check()
+        elif breaker.state is is_open and policy.fallback is None:  # the refusal path: no lock, no admission
+            left = breaker._open_until - clock()
+            if left > 0:
+                raise refuse_open(left)
         admission = breaker.admit(clock())
         if admission.transitions:
             policy.report(admission.transitions)

@@ -206,7 +206,12 @@ class Breaker(Policy):
     def refusal(self, admission: Admission) -> CircuitOpenError:
         self._shared.refusals += 1
         message = self._half_open_message if admission.state is State.HALF_OPEN else self._open_message
-        return CircuitOpenError(message, retry_after=max(0.0, admission.retry_after), origin=self.name)
+        return CircuitOpenError._quick(message, max(0.0, admission.retry_after), self.name)
+
+    def refuse_open(self, left: float) -> CircuitOpenError:
+        """The refusal of an open breaker with ``left`` seconds to go (the message is precomputed)."""
+        self._shared.refusals += 1
+        return CircuitOpenError._quick(self._open_message, left, self.name)
 
     def classify(self, exc: BaseException) -> Result:
         """What an error says about the dependency (``on=``); cancellation and our own refusals: nothing."""

@@ -695,3 +695,28 @@ def test_hedge_needs_an_async_function() -> None:
         @hedge(idempotent=True)
         def read() -> None:
             pass
+
+
+async def test_the_open_refusal_is_a_complete_circuit_open_error() -> None:
+    """The refusal path builds its error without the __init__ chain: it must be the same error."""
+    import httpx
+
+    clock = ManualClock()
+    breaker = circuit_breaker("quick-refusal", consecutive_failures=1, minimum_calls=1, window=10, clock=clock)
+
+    @breaker
+    async def call() -> None:
+        raise Flaky
+
+    with pytest.raises(Flaky):
+        await call()
+    clock.advance(2)
+    with pytest.raises(CircuitOpenError) as info:
+        await call()
+    error = info.value
+    assert str(error) == "circuit breaker 'quick-refusal' is open" and error.args == (str(error),)
+    assert error.retry_after == pytest.approx(3.0) and error.origin == "quick-refusal"
+    assert error.status == 503 and error.retryable and isinstance(error, httpx.TransportError)
+    assert error.headers["Retry-After"] == "3"
+    with pytest.raises(RuntimeError):
+        error.request  # noqa: B018 - like any httpx error raised without a request
