@@ -262,3 +262,10 @@ def test_signatures_written_in_the_docs_match_the_code() -> None:
         obj = getattr(asgi_resilience, name)
         actual = [p for p in inspect.signature(obj).parameters if p != "self"]
         assert names == actual, f"{where}: `{name}(...)` lists {names}, the code takes {actual}"
+
+
+def test_the_policies_page_runs_its_examples() -> None:
+    """docs/policies.md: every Python block is executed (or type-checked when it needs Redis)."""
+    page = [block for block in PYTHON if block.path == ROOT / "docs" / "policies.md"]
+    assert sum(block.mode == "exec" for block in page) >= 3
+    assert all(block.mode in ("exec", "continue", "typecheck") for block in page)
