@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from typing_extensions import assert_never
 
@@ -56,7 +56,7 @@ from asgi_resilience.caching._spec import (
 from asgi_resilience.observability import Telemetry
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CacheRequest", "Exchange", "Shared", "serve", "store_entry"]
+__all__ = ["CacheRequest", "Exchange", "Shared", "host_tag", "serve", "store_entry"]
 
 logger = logging.getLogger("asgi_resilience.cache")
 _FRAMING = frozenset({b"transfer-encoding", b"content-length"})
@@ -88,7 +88,7 @@ class CacheRequest:
     headers: list[tuple[bytes, bytes]]
     key: str
     index: str
-    host_tag: str
+    host: str
     rule: CacheRule | None
     facts: RequestFacts
     marker: VaryMarker | None = None
@@ -101,6 +101,15 @@ class CacheRequest:
     @property
     def flight_key(self) -> str:
         return self.entry_key or self.key
+
+    @property
+    def host_tag(self) -> str:
+        return host_tag(self.host, self.index)
+
+
+def host_tag(host: str, index: str) -> str:
+    """The internal tag of one host's copies of a URL (user tags never contain spaces)."""
+    return f"uri {host}{index}"
 
 
 async def serve(
@@ -121,7 +130,7 @@ async def serve(
     extra = [(b"age", str(min(int(f.age), 2**31)).encode()), (b"cache-status", status_value)]
     hide = shared.hide_on_hit
     fields = [(k, v) for k, v in entry.headers if k not in hide] if hide else None
-    status, headers, body = render(entry, req.headers, req.method, headers=fields)
+    status, headers, body = render(entry, req.headers, req.method, ranged=req.facts.ranged, headers=fields)
     await send_response(send, status, [*headers, *extra], body)
 
 
@@ -201,11 +210,11 @@ class Exchange:
             # our validators replace the client's conditionals, and the whole response is asked for
             headers, self.validated = revalidation_headers(req.headers, self.stale)
             self.scope = {**req.scope, "headers": [(k, v) for k, v in headers if k != b"range"]}
-            self.facts = replace(req.facts, ranged=False, conditional=False)
+            self.facts = req.facts._replace(ranged=False, conditional=False)
         elif req.facts.ranged and not self.as_sent and not req.facts.has_auth:
             # (a request with Authorization is rarely storable: the app answers its range itself)
             self.scope = {**req.scope, "headers": [(k, v) for k, v in req.headers if k not in _RANGE]}
-            self.facts = replace(req.facts, ranged=False)
+            self.facts = req.facts._replace(ranged=False)
         self.request_time = self.response_time = self.shared.clock()
 
     @property
@@ -342,10 +351,12 @@ class Exchange:
         out.append((b"content-length", str(len(entry.body)).encode()))
         if entry.etag_generated and entry.etag is not None:
             out.append((b"etag", entry.etag))
-        status, headers, body = render(entry, self.req.headers, self.req.method, headers=out)
+        req = self.req
+        status, headers, body = render(entry, req.headers, req.method, ranged=req.facts.ranged, headers=out)
         self.client_started = True
-        headers.append((b"cache-status", cache_status(fwd=self.fwd, stored=True)))
-        await send_response(self.client, status, headers, body)
+        await send_response(
+            self.client, status, [*headers, (b"cache-status", cache_status(fwd=self.fwd, stored=True))], body
+        )
         await self._store()
 
     async def _store(self) -> None:

@@ -22,7 +22,7 @@ from asgi_resilience._durations import seconds
 from asgi_resilience._routing import EndpointOptions, mark_endpoint
 from asgi_resilience.caching._cache import L1_MAX_BYTES, MAX_BYTES, Cache
 from asgi_resilience.caching._collapse import Collapser, Flight
-from asgi_resilience.caching._exchange import CacheRequest, Exchange, Shared, serve
+from asgi_resilience.caching._exchange import CacheRequest, Exchange, Shared, host_tag, serve
 from asgi_resilience.caching._policy import (
     CacheRule,
     CookiePolicy,
@@ -61,7 +61,7 @@ F = TypeVar("F")
 _SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
 _STRIPPED_FROM_CLIENT = frozenset({b"surrogate-key", b"cache-tag"})
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONDITIONALS = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since")
+_CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since"})
 _BYPASS = cache_status(fwd="bypass")
 _NOT_CACHED = ProblemDetails(
     status=504,
@@ -69,11 +69,6 @@ _NOT_CACHED = ProblemDetails(
     title="Gateway Timeout",
     detail="The request asked for only-if-cached and no usable stored response exists.",
 )
-
-
-def host_tag(host: str, index: str) -> str:
-    """The internal tag of one host's copies of a URL (user tags never contain spaces)."""
-    return f"uri {host}{index}"
 
 
 def cache(
@@ -333,25 +328,30 @@ class CacheMiddleware:
         if (rule is not None and rule.bypass) or directives.no_store or (cookie and self.cookie_policy == "bypass"):
             return None
         raw_query = scope.get("query_string", b"").decode("latin-1")
-        query = normalize_query(raw_query) if self.normalize_query else raw_query
+        normalized = normalize_query(raw_query) if raw_query else ""
         host = _host(scope)
-        cookie = cookie if self.cookie_policy == "vary" else None
-        index = index_of(scope["path"], normalize_query(raw_query))
+        path = scope["path"]
         names = {k for k, _ in headers}
         facts = RequestFacts(
-            method=method,
-            directives=directives,
-            has_auth=b"authorization" in names,
-            ranged=method == "GET" and b"range" in names,
-            conditional=any(name in names for name in _CONDITIONALS),
+            method,
+            directives,
+            b"authorization" in names,
+            method == "GET" and b"range" in names,
+            not names.isdisjoint(_CONDITIONALS),
         )
         return CacheRequest(
             scope=scope,
             method=method,
             headers=headers,
-            key=primary_key(scope.get("scheme", "http"), host, scope["path"], query, cookie=cookie),
-            index=index,
-            host_tag=host_tag(host, index),
+            key=primary_key(
+                scope.get("scheme", "http"),
+                host,
+                path,
+                normalized if self.normalize_query else raw_query,
+                cookie=cookie if self.cookie_policy == "vary" else None,
+            ),
+            index=index_of(path, normalized),
+            host=host,
             rule=rule,
             facts=facts,
         )

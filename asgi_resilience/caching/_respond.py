@@ -18,20 +18,22 @@ def render(
     request_headers: RawHeaders,
     method: str,
     *,
+    ranged: bool = False,
     headers: RawHeaders | None = None,
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+) -> tuple[int, RawHeaders, bytes]:
     """Status, fields and body answering a GET/HEAD from ``entry`` (RFC 9110 section 13.2.2 order).
 
-    ``headers``: the fields to send instead of the stored ones (a miss sends the app's own).
-    A matching ``If-None-Match``/``If-Modified-Since`` wins over ``Range``; HEAD gets no body.
+    ``ranged``: the request carries ``Range``; ``headers``: the fields to send instead of the stored
+    ones (a miss sends the app's own). A matching ``If-None-Match``/``If-Modified-Since`` wins over
+    ``Range``; HEAD gets no body.
     """
-    fields = list(entry.headers if headers is None else headers)
+    fields = entry.headers if headers is None else headers
     if client_conditional_matches(request_headers, entry):
         return 304, not_modified_headers(entry), b""
-    if method == "GET" and entry.status == 200:
-        ranged = render_range(200, fields, entry.body, request_headers)
-        if ranged is not None:
-            return ranged
+    if ranged and method == "GET" and entry.status == 200:
+        answer = render_range(200, fields, entry.body, request_headers)
+        if answer is not None:
+            return answer
     return entry.status, fields, b"" if method == "HEAD" else entry.body
 
 

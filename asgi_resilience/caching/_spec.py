@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from asgi_resilience.caching._headers import content_length, header
 from asgi_resilience.caching._policy import (
@@ -69,9 +70,8 @@ __all__ = [
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
-    """What the state machine needs to know about a GET or HEAD request."""
+class RequestFacts(NamedTuple):
+    """What the state machine needs to know about a GET or HEAD request (a tuple: built per request)."""
 
     method: str
     directives: RequestDirectives
