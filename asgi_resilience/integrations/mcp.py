@@ -157,7 +157,7 @@ class _Exchange:
         if isinstance(problem, dict):
             data = {k: problem[k] for k in ("type", "detail", "violated_policies") if k in problem}
         retry_after = _header(start, b"retry-after")
-        if retry_after.isdigit():
+        if retry_after.isascii() and retry_after.isdigit():  # "²".isdigit() is True; int() refuses it
             data["retryAfter"] = int(retry_after)
         title = problem.get("title") if isinstance(problem, dict) else None
         body = _jsonrpc_error(self.call.id, status, str(title or "Error"), data)
