@@ -217,6 +217,12 @@ class RawResult:
     latencies: dict[int, list[float]] = field(default_factory=dict)
     header_values: dict[int, list[str]] = field(default_factory=dict)
     samples: dict[int, bytes] = field(default_factory=dict)  # one raw response head per status
+    # per status, one dict per response: the ``capture`` headers it carried (lower-case names)
+    fields: dict[int, list[dict[bytes, str]]] = field(default_factory=dict)
+
+    def values(self, status: int, name: bytes) -> list[str]:
+        """The values of captured header ``name`` on the responses with ``status`` that carried it."""
+        return [f[name] for f in self.fields.get(status, []) if name in f]
 
 
 async def raw_pressure(
@@ -229,6 +235,8 @@ async def raw_pressure(
     header: bytes = b"x-server-ms",
     requests_per_connection: int | None = None,
     pause_after: Mapping[int, float] | None = None,
+    capture: Sequence[bytes] = (),
+    reconnect: bool = False,
 ) -> RawResult:
     """Closed-loop HTTP/1.1 keep-alive load over raw sockets: ``concurrency`` connections for ``seconds``.
 
@@ -236,12 +244,16 @@ async def raw_pressure(
     load generator does not starve the server it measures. GET only; bodies must carry Content-Length.
     ``requests_per_connection`` stops each connection after that many requests (a burst: 1), and the
     latency then includes connecting. ``pause_after`` maps a status to seconds the connection waits
-    before its next request (a client backing off after a 503).
+    before its next request (a client backing off after a 503). ``capture``: more response headers to
+    keep per response (in :attr:`RawResult.fields`). ``reconnect``: after ``requests_per_connection``
+    requests a connection is replaced by a new one until ``seconds`` are over (requests spread over the
+    workers of a multi-process server, which each accept connections).
     """
     result = RawResult()
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: e2e\r\n\r\n".encode()
     stop_at = time.monotonic() + seconds
     prefix = header.lower() + b":"
+    wanted = {name.lower() for name in capture}
 
     async def connection() -> None:
         reader: asyncio.StreamReader | None = None
@@ -263,8 +275,13 @@ async def raw_pressure(
                 lines = head.split(b"\r\n")
                 status = int(lines[0].split(b" ", 2)[1])
                 length, close, value = 0, False, ""
+                captured: dict[bytes, str] = {}
                 for line in lines[1:]:
                     lower = line.lower()
+                    if wanted:
+                        name = lower.split(b":", 1)[0]
+                        if name in wanted:
+                            captured[name] = line.split(b":", 1)[1].strip().decode("latin-1")
                     if lower.startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
                     elif lower.startswith(b"connection:") and b"close" in lower:
@@ -277,11 +294,18 @@ async def raw_pressure(
                 result.latencies.setdefault(status, []).append(elapsed)
                 result.header_values.setdefault(status, []).append(value)
                 result.samples.setdefault(status, head)
+                if wanted:
+                    result.fields.setdefault(status, []).append(captured)
                 if close:
                     writer.close()
                     reader = writer = None
                 if pause_after and status in pause_after:
                     await asyncio.sleep(pause_after[status])
+                if reconnect and requests_per_connection is not None and sent >= requests_per_connection:
+                    if writer is not None:
+                        writer.close()
+                    reader = writer = None
+                    sent = 0
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
                 result.errors[type(exc).__name__] += 1
                 if writer is not None:

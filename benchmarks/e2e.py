@@ -46,12 +46,11 @@ class Sizes:
     storm_seconds: float = 10.0
     storm_rate_loops: int = 8
     slow_requests: int = 40
+    slow_bursts: int = 5
     stampede_requests: int = 500
     overload_limit: int = 4  # per worker
     overload_seconds: float = 5.0
     throughput_seconds: float = 5.0
-    # a failed scenario runs again (reported as such): the machines are noisy; the CI variant allows two
-    retries: int = 1
 
 
 QUICK = Sizes(
@@ -62,10 +61,10 @@ QUICK = Sizes(
     storm_seconds=5.0,
     storm_rate_loops=6,
     slow_requests=20,
+    slow_bursts=3,
     stampede_requests=200,
     overload_seconds=3.0,
     throughput_seconds=1.5,
-    retries=2,
 )
 
 
@@ -201,6 +200,9 @@ def _fmt(value: float | None) -> str:
     return "never" if value is None else f"{value:.2f} s"
 
 
+STORM_MAX_BREAK = 4.0  # the breaker's max_break_duration in benchmarks/e2e_app.py
+
+
 async def origin_storm(env: Env) -> Outcome:
     sizes = env.sizes
     env.origin_requests(reset=True)
@@ -211,7 +213,10 @@ async def origin_storm(env: Env) -> Outcome:
     recovered: list[int] = []
     started = time.monotonic()
     heal_at = started + sizes.storm_seconds
-    end_at = heal_at + 4.0
+    # A worker's breaker that opened again just before the origin healed stays open for up to its
+    # longest break (max_break_duration=4 s in benchmarks/e2e_app.py), then one probe closes it: the
+    # recovery is judged in the second after that.
+    end_at = heal_at + STORM_MAX_BREAK + 2.0
     origin_during = 0
 
     async def loop(client: httpx.AsyncClient) -> None:
@@ -262,7 +267,7 @@ async def origin_storm(env: Env) -> Outcome:
             f"offered {offered['during']} requests in {sizes.storm_seconds:.0f} s; origin saw {origin_during} "
             f"({ratio:.2f}x, limit 1.2x)",
             f"fast 503 rejections (breaker open): {len(fast_rejections)}, p95 {_fmt(p95_reject)}; problems: {bad[:3]}",
-            f"last second after healing: {dict(Counter(recovered))}",
+            f"{STORM_MAX_BREAK + 1:.0f}-{STORM_MAX_BREAK + 2:.0f} s after healing: {dict(Counter(recovered))}",
         ],
     )
 
@@ -293,43 +298,82 @@ def _connections_to(port: int) -> int:
     return count
 
 
+async def warm_workers(env: Env, path: str, *, seconds: float = 10.0) -> int:
+    """Send ``path`` on new connections until every worker has answered it; returns how many did.
+
+    A route's first requests in a worker meet the cache's request collapsing: until a response has
+    shown that the route is not stored (hit-for-pass), concurrent misses wait for one leader, across
+    workers too. That is the cache's cold start, not what the latency scenarios measure, and a few
+    warm-up requests do not reach every worker for sure: the kernel hands connections to whichever
+    worker accepts first, and on a busy machine one worker can miss all of them.
+    """
+    seen: set[str] = set()
+    stop_at = time.monotonic() + seconds
+    while len(seen) < env.sizes.workers and time.monotonic() < stop_at:
+        result = await raw_pressure(
+            "127.0.0.1",
+            env.api.port,
+            path,
+            concurrency=2 * env.sizes.workers,
+            seconds=1.0,
+            requests_per_connection=1,
+            capture=(b"x-worker",),
+        )
+        for status in result.fields:
+            seen.update(result.values(status, b"x-worker"))
+    return len(seen)
+
+
 async def slow_origin(env: Env) -> Outcome:
     sizes = env.sizes
+    timeout_ms = 500.0  # the /slow route's timeout (benchmarks/e2e_app.py)
     # The route is in service before the origin slows down (the fault is the slowdown, not a cold
-    # start): a few requests on new connections reach every worker while the origin is healthy.
-    await raw_pressure(
-        "127.0.0.1", env.api.port, "/slow", concurrency=4 * sizes.workers, seconds=5.0, requests_per_connection=2
-    )
+    # start): every worker answers it once while the origin is healthy.
+    warmed = await warm_workers(env, "/slow")
     tasks_before = await _debug_state(env)
     conns_before = _connections_to(env.origin.port)
     env.control(fail=False, latency=2.0)
+    bursts: list[RawResult] = []
     try:
-        burst = await raw_pressure(
-            "127.0.0.1",
-            env.api.port,
-            "/slow",
-            concurrency=sizes.slow_requests,
-            seconds=10.0,
-            requests_per_connection=1,
-        )
+        for _ in range(sizes.slow_bursts):
+            bursts.append(
+                await raw_pressure(
+                    "127.0.0.1",
+                    env.api.port,
+                    "/slow",
+                    concurrency=sizes.slow_requests,
+                    seconds=10.0,
+                    requests_per_connection=1,
+                )
+            )
     finally:
         env.control(latency=0.0)
     await asyncio.sleep(2.5)  # the origin's own sleeps end; connections and tasks settle
     tasks_after = await _debug_state(env)
     conns_after = _connections_to(env.origin.port)
-    latencies = [lat for values in burst.latencies.values() for lat in values]
+    statuses = sum((burst.statuses for burst in bursts), Counter[int]())
+    errors = sum((burst.errors for burst in bursts), Counter[str]())
+    latencies = [lat for burst in bursts for values in burst.latencies.values() for lat in values]
     slowest = max(latencies) if latencies else float("inf")
-    server_max = max((float(v) for values in burst.header_values.values() for v in values if v), default=float("nan"))
-    sample = burst.samples.get(504, b"").lower()
-    all_504 = burst.statuses == Counter({504: sizes.slow_requests}) and b"application/problem+json" in sample
+    # how late the 504 leaves the server: its server-side time (entering the app to the response head)
+    # beyond the route's timeout
+    late = [float(v) - timeout_ms for burst in bursts for v in burst.header_values.get(504, []) if v]
+    expected = sizes.slow_bursts * sizes.slow_requests
+    sample = bursts[-1].samples.get(504, b"").lower() if bursts else b""
+    all_504 = statuses == Counter({504: expected}) and b"application/problem+json" in sample
     leaked_tasks = {pid: tasks_after.get(pid, 0) - n for pid, n in tasks_before.items() if tasks_after.get(pid, 0) > n}
-    # The 504 must leave the server within timeout + 100 ms (the server-side time to the response head).
-    # The client's own view adds connecting 40 sockets at once from a load generator that shares the 2
-    # cores; it is printed, and only bounded loosely.
+    # The 504 leaves within 25 ms of the deadline for the typical request (p50), and every one within
+    # half the timeout: a time slice lost to the other processes on a busy 2-core machine delays all the
+    # requests of one worker at once, so the tail is bounded in order of magnitude only (a timeout that
+    # does not fire shows up as the origin's 2 s). The p99 is printed; docs/performance.md gives it over
+    # many runs. The client's own view adds connecting many sockets at once from a load generator that
+    # shares the 2 cores; it is printed, and only bounded loosely.
     passed = (
         all_504
-        and not burst.errors
-        and server_max <= 500 + 100
+        and not errors
+        and warmed == sizes.workers
+        and percentile(late, 50) <= 25.0
+        and max(late, default=float("inf")) <= timeout_ms / 2
         and slowest <= 1.0
         and not leaked_tasks
         and conns_after <= conns_before
@@ -338,9 +382,12 @@ async def slow_origin(env: Env) -> Outcome:
         "4. slow origin",
         passed,
         [
-            f"{sizes.slow_requests} concurrent requests (new connections), route timeout 0.5 s, origin latency 2 s: "
-            f"statuses {dict(burst.statuses)} errors {dict(burst.errors)}; slowest server-side {server_max:.0f} ms "
-            f"(limit 600 ms); client-side, connecting included: slowest {slowest * 1000:.0f} ms, "
+            f"{sizes.slow_bursts} bursts of {sizes.slow_requests} concurrent requests (new connections), route "
+            f"timeout 0.5 s, origin latency 2 s, every worker warmed ({warmed}/{sizes.workers}): statuses "
+            f"{dict(statuses)} errors {dict(errors)}",
+            f"504 server-side beyond the deadline: p50 {percentile(late, 50):.1f} ms (limit 25), p99 "
+            f"{percentile(late, 99):.1f} ms, max {max(late, default=float('nan')):.1f} ms "
+            f"(limit {timeout_ms / 2:.0f}); client-side, connecting included: slowest {slowest * 1000:.0f} ms, "
             f"p50 {percentile(latencies, 50) * 1000:.0f} ms",
             f"tasks per worker before {sorted(tasks_before.values())} after {sorted(tasks_after.values())}; "
             f"connections to the origin before {conns_before} after {conns_after}",
@@ -368,50 +415,95 @@ async def stampede(env: Env) -> Outcome:
 
 
 async def overload(env: Env) -> Outcome:
+    """Load shedding: 10x the limit in clients; the excess gets fast 503s and the admitted are not slowed.
+
+    What the limiter adds to an admitted request is measured directly: ``x-stack-ms``, the time from
+    entering the stack to entering the route. The rest of a request's server-side time is the route's
+    own 50 ms plus whatever the machine adds: on 2 cores that also run the load generator and other
+    jobs, a worker that loses the CPU for a few hundred ms delays every request it holds, limited or
+    not. So the tails are printed next to a control measured at the same time (the same route
+    without the limit, ``/work-free``, as many keep-alive clients as the limit has slots) and to the
+    unloaded run, and bounded in order of magnitude only: two samples of a few hundred requests do
+    not catch the same stalls, and their p99s were seen 3x apart by chance alone.
+    """
     sizes = env.sizes
     limit = sizes.overload_limit * sizes.workers
     port = env.api.port
-    # warm every worker first: a route's first burst waits on the cache's request collapsing once
-    await raw_pressure("127.0.0.1", port, "/work", concurrency=limit // 2, seconds=0.5, requests_per_connection=2)
+    capture = (b"x-stack-ms",)
+    warmed = min(await warm_workers(env, "/work"), await warm_workers(env, "/work-free"))
     unloaded = await raw_pressure("127.0.0.1", port, "/work", concurrency=max(1, limit // 4), seconds=1.5)
     # 10x the limit in clients. A rejected client tries again after 100 ms (sooner than the Retry-After
     # it was given): with instant retries a closed loop turns fast 503s into an unbounded request rate
     # and measures how busy the 2 cores are, not the limiter.
-    loaded = await raw_pressure(
-        "127.0.0.1",
-        port,
-        "/work",
-        concurrency=limit * 10,
-        seconds=sizes.overload_seconds,
-        pause_after={503: OVERLOAD_RETRY_PAUSE},
+    loaded, control = await asyncio.gather(
+        raw_pressure(
+            "127.0.0.1",
+            port,
+            "/work",
+            concurrency=limit * 10,
+            seconds=sizes.overload_seconds,
+            pause_after={503: OVERLOAD_RETRY_PAUSE},
+            capture=capture,
+        ),
+        raw_pressure(
+            "127.0.0.1",
+            port,
+            "/work-free",
+            concurrency=limit,
+            seconds=sizes.overload_seconds,
+            capture=capture,
+        ),
     )
+    control_ok = control.statuses.keys() <= {200} and not control.errors
 
     def server_times(result: RawResult, status: int) -> list[float]:
         return [float(v) / 1000 for v in result.header_values.get(status, []) if v]
 
-    p99_unloaded, p99_admitted = percentile(server_times(unloaded, 200), 99), percentile(server_times(loaded, 200), 99)
+    p50_unloaded = percentile(server_times(unloaded, 200), 50)
+    p99_unloaded = percentile(server_times(unloaded, 200), 99)
+    p99_admitted = percentile(server_times(loaded, 200), 99)
+    p99_control = percentile(server_times(control, 200), 99)
+    p50_control = percentile(server_times(control, 200), 50)
+    p50_admitted = percentile(server_times(loaded, 200), 50)
+    waits = [float(v) / 1000 for v in loaded.values(200, b"x-stack-ms")]
+    p90_wait, p99_wait = percentile(waits, 90), percentile(waits, 99)
     p95_rejected = percentile(server_times(loaded, 503), 95)
     sample = loaded.samples.get(503, b"").lower()
     well_formed = b"content-type: application/problem+json" in sample and b"retry-after:" in sample
     passed = (
-        loaded.statuses.get(503, 0) > 0
+        warmed == sizes.workers
+        and loaded.statuses.get(503, 0) > 0
         and well_formed
-        and p99_admitted <= 2 * p99_unloaded
-        and p95_rejected < p99_unloaded
         and loaded.statuses.keys() <= {200, 503}
         and not loaded.errors
+        and control_ok
+        # admitted without waiting for a slot: the wait before the route is a tenth of a route call at
+        # most (a queue would make it several calls; 160 clients on 16 slots, about ten)
+        and p90_wait <= p50_unloaded / 10
+        # a rejection takes less than a route call
+        and p95_rejected < p99_unloaded
+        # the overload does not take the server down for everyone (order of magnitude)
+        and p50_admitted <= 10 * p50_unloaded
+        and p50_control <= 10 * p50_unloaded
     )
     rate = sum(loaded.statuses.values()) / sizes.overload_seconds
+
+    def ms(value: float) -> str:
+        return f"{value * 1000:.0f} ms" if value >= 0.01 else f"{value * 1000:.1f} ms"
+
     return Outcome(
         "6. overload",
         passed,
         [
             f"limit {limit} ({sizes.overload_limit} per worker), {limit * 10} concurrent clients (a rejected "
             f"one retries after {OVERLOAD_RETRY_PAUSE * 1000:.0f} ms) for {sizes.overload_seconds:.0f} s "
-            f"({rate:,.0f} req/s): statuses {dict(loaded.statuses)} "
-            f"errors {dict(loaded.errors)}",
-            f"server-side p99: unloaded {p99_unloaded * 1000:.0f} ms, admitted under overload "
-            f"{p99_admitted * 1000:.0f} ms (limit 2x); 503 p95 {p95_rejected * 1000:.1f} ms",
+            f"({rate:,.0f} req/s): statuses {dict(loaded.statuses)} errors {dict(loaded.errors)}; every worker "
+            f"warmed ({warmed}/{sizes.workers})",
+            f"server-side p50/p99: admitted under overload {ms(p50_admitted)}/{ms(p99_admitted)}, the same route "
+            f"without the limit at the same time {ms(p50_control)}/{ms(p99_control)} (statuses "
+            f"{dict(control.statuses)}), unloaded {ms(p50_unloaded)}/{ms(p99_unloaded)}; p50 limit 10x unloaded",
+            f"admitted: wait before the route p90 {ms(p90_wait)} (limit {ms(p50_unloaded / 10)}), p99 {ms(p99_wait)}; "
+            f"503 p95 {ms(p95_rejected)} (limit {ms(p99_unloaded)})",
             f"client-side p99: unloaded {percentile(unloaded.latencies.get(200, []), 99) * 1000:.0f} ms, admitted "
             f"{percentile(loaded.latencies.get(200, []), 99) * 1000:.0f} ms, rejected "
             f"{percentile(loaded.latencies.get(503, []), 99) * 1000:.0f} ms; 503 is problem+json with Retry-After: "
@@ -486,17 +578,10 @@ async def run(sizes: Sizes, *, with_throughput: bool = True, only: str | None = 
             if only and not re.search(only, scenario.__name__):
                 continue
             t0 = time.perf_counter()
-            for attempt in range(sizes.retries + 1):
-                try:
-                    outcome = await scenario(env)
-                except Exception as exc:  # a crashed scenario is a failed one, with the reason shown
-                    outcome = Outcome(scenario.__name__, False, [f"crashed: {type(exc).__name__}: {exc}"])
-                if outcome.passed:
-                    if attempt:
-                        outcome.details.append(f"passed on attempt {attempt + 1} (the first one failed)")
-                    break
-                if attempt < sizes.retries:
-                    print(f"\n(retrying {outcome.name}: " + "; ".join(outcome.details) + ")")
+            try:
+                outcome = await scenario(env)
+            except Exception as exc:  # a crashed scenario is a failed one, with the reason shown
+                outcome = Outcome(scenario.__name__, False, [f"crashed: {type(exc).__name__}: {exc}"])
             outcome.details.append(f"took {time.perf_counter() - t0:.1f} s")
             outcomes.append(outcome)
             print(f"\n{'PASS' if outcome.passed else 'FAIL'}  {outcome.name}")

@@ -9,8 +9,13 @@ ORIGIN_URL   the controllable upstream (benchmarks/e2e_origin.py)
 
 Routes: /hello (plain), /keyed (100/minute per X-API-Key), /cached (cached 30 s, counts its app
 calls in Redis), /upstream (origin through the resilient transport), /slow (origin through the
-transport, route timeout 0.5 s), /work (50 ms of awaiting under the concurrency limit),
+transport, route timeout 0.5 s), /work (50 ms of awaiting under the concurrency limit), /work-free
+(the same 50 ms, exempt from the concurrency limit: the control of the overload scenario),
 /_debug/state (tasks and pid, exempt from every layer), /healthz.
+
+Every response carries ``x-server-ms`` (time from entering the outermost layer to the response start),
+``x-stack-ms`` (time from entering the outermost layer to entering the routes: what our layers made the
+request wait; absent when the layers answered themselves) and ``x-worker`` (the worker's pid).
 """
 
 from __future__ import annotations
@@ -114,7 +119,7 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-inner = Starlette(
+routes = Starlette(
     routes=[
         Route("/hello", hello),
         Route("/keyed", keyed),
@@ -122,14 +127,34 @@ inner = Starlette(
         Route("/upstream", upstream),
         Route("/slow", slow),
         Route("/work", work),
+        Route("/work-free", work),
         Route("/_debug/state", debug_state),
         Route("/healthz", healthz),
     ]
 )
 
 
+APP_ENTERED = "e2e.app_entered"
+_PID = str(os.getpid()).encode()
+
+
+class AppEntry:
+    """Directly around the routes: records in the scope when our layers let the request in."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app  # an ``app`` attribute: the layers find the routing table through it
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope[APP_ENTERED] = time.monotonic()
+        await self.app(scope, receive, send)
+
+
+inner = AppEntry(routes)
+
+
 def server_timed(app: Any) -> Any:
-    """Outermost: adds ``x-server-ms``, the time from entering the app to the response start.
+    """Outermost: adds ``x-server-ms`` (entering the app to the response start), ``x-stack-ms``, ``x-worker``.
 
     The load generator is one Python process on the same 2 cores as the workers; with 160 connections
     its own queueing dominates what it measures, so latency goals are checked on this server-side time.
@@ -143,8 +168,12 @@ def server_timed(app: Any) -> Any:
 
         async def timed_send(message: Any) -> None:
             if message["type"] == "http.response.start":
-                elapsed = f"{(time.monotonic() - started) * 1000:.2f}".encode()
-                message = {**message, "headers": [*message.get("headers", []), (b"x-server-ms", elapsed)]}
+                now = time.monotonic()
+                added = [(b"x-server-ms", f"{(now - started) * 1000:.2f}".encode()), (b"x-worker", _PID)]
+                entered = scope.get(APP_ENTERED)
+                if entered is not None:
+                    added.append((b"x-stack-ms", f"{(entered - started) * 1000:.2f}".encode()))
+                message = {**message, "headers": [*message.get("headers", []), *added]}
             await send(message)
 
         await app(scope, receive, timed_send)
@@ -178,7 +207,7 @@ else:
             concurrency={
                 "max_concurrent": WORK_LIMIT,
                 "max_queue": 0,
-                "exempt": ["/hello", "/keyed", "/cached", "/upstream", "/slow", *EXEMPT],
+                "exempt": ["/hello", "/keyed", "/cached", "/upstream", "/slow", "/work-free", *EXEMPT],
             },
         )
     )
