@@ -12,7 +12,10 @@ own matcher, and reads the options of the endpoint that will serve the request:
 * Django (``get_asgi_application()``): the URL resolver (the view function, or the class of a
   class-based view).
 
-Results are cached per method and path. An app whose routes cannot be read this way (Quart, Flask-like
+Results are cached per method and path, and one lookup serves every layer of a request: the first
+layer that looks keeps what it found (every concern's options on the endpoint) in the scope under
+:data:`SCOPE_KEY`, and the layers below read it from there as long as the request still names the same
+app, method and path. An app whose routes cannot be read this way (Quart, Flask-like
 ``view_functions``) gets a warning, once, if any of its endpoints carries options that would be
 ignored.
 """
@@ -26,13 +29,17 @@ from typing import Any, TypeVar
 from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.types import Scope
 
-__all__ = ["ATTRIBUTE", "EndpointOptions", "find_router", "mark_endpoint", "marks_of"]
+__all__ = ["ATTRIBUTE", "SCOPE_KEY", "EndpointOptions", "find_router", "mark_endpoint", "marks_of"]
 
 ATTRIBUTE = "__asgi_resilience__"
+SCOPE_KEY = "asgi_resilience.endpoint"
+"""Scope key of the endpoint lookup the first layer made for a request (private to this package):
+``(scope["app"], router, type, method, root_path, path, options by concern)``."""
 T = TypeVar("T")
 _MISSING = object()
 _MAX_DEPTH = 8
 _CACHE_SIZE = 4096
+_NONE: dict[str, Any] = {}  # no endpoint options (shared, never written to)
 
 
 def mark_endpoint(endpoint: T, concern: str, options: Any) -> T:
@@ -110,7 +117,29 @@ class EndpointOptions:
 
     def lookup(self, scope: Scope) -> Any | None:
         """The options for this concern on the matched endpoint, or None (also for apps without routes)."""
-        app = scope.get("app")
+        get = scope.get
+        scope_app = get("app")
+        path = get("path")
+        method = get("method")
+        root_path = get("root_path", "")
+        kind = scope["type"]
+        shared = get(SCOPE_KEY)
+        if (
+            shared is not None
+            and shared[0] is scope_app
+            and shared[1] is self._router
+            and shared[5] is path
+            and shared[3] is method
+            and shared[4] is root_path
+            and shared[2] is kind
+        ):
+            return shared[6].get(self.concern)  # another layer looked this request up already
+        found = self._marks(scope, scope_app, (kind, method, root_path, path))
+        scope[SCOPE_KEY] = (scope_app, self._router, kind, method, root_path, path, found)
+        return found.get(self.concern)
+
+    def _marks(self, scope: Scope, app: Any, request: tuple[Any, ...]) -> dict[str, Any]:
+        """Every concern's options on the endpoint serving ``scope`` (cached per app, method and path)."""
         kind = self._kind_of(app) if app is not None else None
         if kind is None or kind == "unreadable":
             app = self._router
@@ -118,16 +147,16 @@ class EndpointOptions:
         if not self._checked:
             self.check(app)
         if kind is None or kind == "unreadable":
-            return None
-        key = (id(app), scope["type"], scope.get("method"), scope.get("root_path", ""), scope.get("path"))
-        found = self._cache.get(key, _MISSING)
-        if found is _MISSING:
+            return _NONE
+        key = (id(app), *request)
+        found: dict[str, Any] | None = self._cache.get(key)
+        if found is None:
             if kind == "starlette":
                 found = self._search(getattr(app, "routes", ()), scope, 0)
             elif kind == "litestar":
-                found = self._first(_litestar_endpoints(app, scope))
+                found = _merged(_litestar_endpoints(app, scope))
             else:
-                found = self._first(_django_endpoints(scope))
+                found = _merged(_django_endpoints(scope))
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
             self._cache[key] = found
@@ -165,16 +194,11 @@ class EndpointOptions:
         self._kinds[id(app)] = (app, kind)  # the app itself is kept, so that its id is never reused here
         return kind
 
-    def _first(self, endpoints: list[Any]) -> Any | None:
-        for endpoint in endpoints:
-            options = self._options_of(endpoint)
-            if options is not None:
-                return options
-        return None
-
-    def _search(self, routes: Any, scope: Scope, depth: int) -> Any | None:
+    def _search(self, routes: Any, scope: Scope, depth: int) -> dict[str, Any]:
+        """Every concern's options on the route chain serving ``scope``: an outer endpoint's (a mounted
+        app's) options for a concern win over those of the endpoints inside it."""
         if depth > _MAX_DEPTH:
-            return None
+            return _NONE
         from starlette.routing import Match
 
         partial: Any = _MISSING
@@ -185,22 +209,30 @@ class EndpointOptions:
                 continue  # a route that cannot judge this scope does not serve it
             if match == Match.NONE:
                 continue
-            options = self._options_of(endpoint)
             if match == Match.FULL:
-                if options is not None:
-                    return options
-                if inner is not None:
-                    return self._search(inner, {**scope, **child}, depth + 1)
-                return None
+                below = self._search(inner, {**scope, **child}, depth + 1) if inner is not None else _NONE
+                return _merged([endpoint], below)
             if partial is _MISSING:
-                partial = options  # Starlette serves a PARTIAL match (wrong method) only if nothing matches fully
-        return None if partial is _MISSING else partial
+                partial = endpoint  # Starlette serves a PARTIAL match (wrong method) only if nothing matches fully
+        return _NONE if partial is _MISSING else _merged([partial])
 
     def _options_of(self, endpoint: Any) -> Any | None:
         if endpoint is None:
             return None
         marks = marks_of(endpoint)
         return None if marks is None else marks.get(self.concern)
+
+
+def _merged(endpoints: list[Any], below: dict[str, Any] = _NONE) -> dict[str, Any]:
+    """The options of ``endpoints`` by concern (an earlier endpoint's win) over those of ``below``."""
+    merged: dict[str, Any] | None = None
+    for endpoint in reversed(endpoints):
+        marks = marks_of(endpoint) if endpoint is not None else None
+        if marks:
+            if merged is None:
+                merged = dict(below)
+            merged.update((concern, options) for concern, options in marks.items() if options is not None)
+    return below if merged is None else merged
 
 
 def _litestar_endpoints(app: Any, scope: Scope) -> list[Any]:

@@ -210,3 +210,42 @@ async def test_the_stack_warns_at_startup_about_options_it_cannot_honour() -> No
     with pytest.warns(RuntimeWarning, match="@cache options on cached_view are ignored"):
         await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
     assert messages == [{"type": "lifespan.startup.complete"}]
+
+
+def test_each_concern_takes_the_outermost_options_on_the_route_chain() -> None:
+    async def leaf(request: Request) -> Response:
+        return PlainTextResponse("leaf")
+
+    mark_endpoint(leaf, "a", "leaf-a")
+    mark_endpoint(leaf, "b", "leaf-b")
+    sub = Starlette(routes=[Route("/leaf", leaf)])
+    mark_endpoint(sub, "a", "mount-a")
+    app = Starlette(routes=[Mount("/sub", app=sub)])
+    scope = http_scope("GET", "/sub/leaf", app=app)
+    assert EndpointOptions("a").lookup(scope) == "mount-a"
+    assert EndpointOptions("b").lookup(scope) == "leaf-b"
+    assert EndpointOptions("c").lookup(scope) is None
+
+
+def test_one_lookup_per_request_serves_every_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_starlette()
+    first, second = EndpointOptions("test"), EndpointOptions("other")
+    searches: list[str] = []
+    real_search = EndpointOptions._search
+
+    def counting(self: EndpointOptions, routes: Any, scope: Any, depth: int) -> Any:
+        if depth == 0:
+            searches.append(self.concern)
+        return real_search(self, routes, scope, depth)
+
+    monkeypatch.setattr(EndpointOptions, "_search", counting)
+    scope = http_scope("GET", "/", app=app)
+    assert first.lookup(scope) == "home"
+    assert second.lookup(scope) is None
+    assert EndpointOptions("test").lookup(scope) == "home"  # a third layer, with an empty cache of its own
+    assert searches == ["test"]
+    # a middleware between two layers that rewrites the path: the next layer looks the new path up
+    scope["path"] = "/plain"
+    assert second.lookup(scope) is None
+    assert EndpointOptions("test").lookup(scope) is None
+    assert searches == ["test", "other"]
