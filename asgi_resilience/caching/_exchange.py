@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from typing_extensions import assert_never
@@ -63,6 +63,13 @@ _FRAMING = frozenset({b"transfer-encoding", b"content-length"})
 # a miss is forwarded without Range, so that the full response can be stored; the cache cuts the
 # client's range from it
 _RANGE = frozenset({b"range", b"if-range"})
+_MISS_ATTRIBUTES = {"asgi_resilience.cache.result": "miss"}
+# the Cache-Status of a response the app answered, built once
+_FORWARDED = {
+    (fwd, stored): cache_status(fwd=fwd, stored=stored)
+    for fwd in ("miss", "stale", "request")
+    for stored in (False, True)
+}
 
 
 @dataclass
@@ -79,7 +86,7 @@ class Shared:
     hide_on_hit: frozenset[bytes]
 
 
-@dataclass
+@dataclass(slots=True)
 class CacheRequest:
     """Per-request facts of a GET/HEAD the cache handles (never stored on the middleware)."""
 
@@ -158,18 +165,37 @@ async def store_entry(shared: Shared, req: CacheRequest, entry: Entry) -> None:
     await cache.set(key, entry, ttl, index=req.index, tags=tags)
 
 
+def _lower_names(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The fields with lower-case ``bytes`` names and values: the app's own list when it already is.
+
+    (ASGI frameworks send lower-case names; the list is only read, never changed, here.)
+    """
+    if type(headers) is list:
+        for k, v in headers:
+            if type(k) is not bytes or type(v) is not bytes or not k.islower():
+                break
+        else:
+            return headers
+    return [(bytes(k).lower(), bytes(v)) for k, v in headers]
+
+
 def client_headers(headers: list[tuple[bytes, bytes]], hidden: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
-    """The app's response fields as the client gets them on a miss.
+    """The app's response fields as the client gets them on a miss (a new list).
 
     ``Transfer-Encoding`` is hop-by-hop: the server in front of us frames the body itself, and a
     ``Content-Length`` sent next to it cannot be trusted (RFC 9112 section 6.3), so both go.
     """
+    for k, _ in headers:
+        if k in hidden or k == b"transfer-encoding":
+            break
+    else:
+        return list(headers)  # the common case: nothing to drop
     chunked = any(k == b"transfer-encoding" for k, _ in headers)
     drop = hidden | _FRAMING if chunked else hidden
     return [(k, v) for k, v in headers if k not in drop]
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """The ``send`` an app call writes to; see the module docstring for what each step does.
 
@@ -253,7 +279,7 @@ class Exchange:
         self.response_time = shared.clock()
         self.start = message
         self.status = int(message["status"])
-        self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
+        self.headers = _lower_names(message.get("headers", []))
         step = self.step = on_response(
             self.facts,
             self.status,
@@ -269,16 +295,8 @@ class Exchange:
         if isinstance(step, (UseUpdated, StaleOnError)):
             return  # the stored response answers, after the app is done
         if not self.silent:  # a server span may end with the response, before the miss is counted
-            shared.telemetry.span_attributes({"asgi_resilience.cache.result": "miss"})
+            shared.telemetry.span_attributes(_MISS_ATTRIBUTES)
         self.out = client_headers(self.headers, shared.hidden)
-        if isinstance(step, StoreWhole):
-            self.chunks, self.holding = [], True
-            return
-        if isinstance(step, StoreStreamed):
-            # hold the start until the first body message: a body sent whole is answered (and
-            # reported stored) like one of known length; otherwise the start and chunks stream on
-            self.chunks, self.holding = [], True
-            return
         if isinstance(step, Forward):
             if step.reason and logger.isEnabledFor(logging.DEBUG):
                 logger.debug("response to %s not stored: %s", req.index, step.reason)
@@ -288,12 +306,25 @@ class Exchange:
             await self._send_start(stored=False)
             await shared.collapser.release_lease(self.flight)
             return
+        if isinstance(step, StoreWhole):
+            self.chunks, self.holding = [], True
+            return
+        if isinstance(step, StoreStreamed):
+            # hold the start until the first body message: a body sent whole is answered (and
+            # reported stored) like one of known length; otherwise the start and chunks stream on
+            self.chunks, self.holding = [], True
+            return
         assert_never(step)
 
     async def _send_start(self, *, stored: bool) -> None:
         self.client_started = True
-        value = cache_status(fwd=self.fwd, stored=stored)
-        await self.client({**self.start, "headers": [*self.out, (b"cache-status", value)]})
+        fwd = self.fwd
+        value = _FORWARDED.get((fwd, stored))
+        if value is None:
+            value = cache_status(fwd=fwd, stored=stored)
+        out = self.out  # a list of our own (client_headers), sent once
+        out.append((b"cache-status", value))
+        await self.client({**self.start, "headers": out})
 
     async def _body(self, message: Message) -> None:
         more = bool(message.get("more_body", False))

@@ -170,6 +170,8 @@ def parse_cache_control(values: Iterable[bytes]) -> Directives:
 
 
 def _split_commas(text: str) -> list[str]:
+    if '"' not in text:  # nothing quoted: every comma separates
+        return [p for p in (piece.strip() for piece in text.split(",")) if p]
     parts: list[str] = []
     current: list[str] = []
     quoted = False

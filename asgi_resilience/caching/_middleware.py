@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import anyio
@@ -52,6 +53,7 @@ from asgi_resilience.caching._spec import (
 )
 from asgi_resilience.errors import ConfigurationError, ProblemDetails
 from asgi_resilience.observability import Telemetry, resolve_telemetry
+from asgi_resilience.observability._telemetry import Series
 from asgi_resilience.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CacheMiddleware", "cache"]
@@ -61,7 +63,20 @@ F = TypeVar("F")
 _SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
 _STRIPPED_FROM_CLIENT = frozenset({b"surrogate-key", b"cache-tag"})
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since"})
+_DIRECTIVES, _COOKIE, _HOST, _AUTHORIZATION, _RANGE, _CONDITIONAL = range(6)
+_REQUEST_FIELDS = {
+    b"cache-control": _DIRECTIVES,
+    b"pragma": _DIRECTIVES,
+    b"cookie": _COOKIE,
+    b"host": _HOST,
+    b"authorization": _AUTHORIZATION,
+    b"range": _RANGE,
+    b"if-none-match": _CONDITIONAL,
+    b"if-modified-since": _CONDITIONAL,
+    b"if-match": _CONDITIONAL,
+    b"if-unmodified-since": _CONDITIONAL,
+}
+_NO_DIRECTIVES = request_directives(())
 _BYPASS = cache_status(fwd="bypass")
 _NOT_CACHED = ProblemDetails(
     status=504,
@@ -210,6 +225,7 @@ class CacheMiddleware:
         self._passing = self._collapser.passing
         tel = self._telemetry = resolve_telemetry(telemetry)
         self._requests = tel.instrument("asgi_resilience.cache.requests")
+        self._series: dict[str, Series] = {}
         tel.register_snapshot("cache", self._snapshot)
         hidden = _STRIPPED_FROM_CLIENT | (frozenset(self._targeted) if strip_targeted_fields else frozenset())
         self._shared = Shared(
@@ -244,7 +260,10 @@ class CacheMiddleware:
         return {**self.cache.snapshot(), "in_flight": len(self._flights), "refreshing": len(self._refreshing)}
 
     def _count(self, result: str) -> None:
-        self._requests.add(1, {"result": result})
+        series = self._series.get(result)
+        if series is None:  # one bound series per result: no attribute dict per request
+            series = self._series[result] = self._requests.bind({"result": result})
+        series.add(1)
         if result != "stored":  # the request's result on its server span (a miss also when it starts)
             self._telemetry.span_attributes({"asgi_resilience.cache.result": result})
 
@@ -322,36 +341,61 @@ class CacheMiddleware:
     def _request(self, scope: Scope, method: str) -> CacheRequest | None:
         """The request's key and facts, or None when it bypasses the cache."""
         rule = self._rule_for(scope)
-        headers = list(scope.get("headers", []))
-        directives = request_directives(headers)
-        cookie = get_header(scope, b"cookie")
-        if (rule is not None and rule.bypass) or directives.no_store or (cookie and self.cookie_policy == "bypass"):
+        if rule is not None and rule.bypass:
             return None
-        raw_query = scope.get("query_string", b"").decode("latin-1")
-        normalized = normalize_query(raw_query) if raw_query else ""
-        host = _host(scope)
+        headers = list(scope.get("headers", ()))
+        # one pass over the (lower-case) request fields for everything the cache reads from them
+        cookie: bytes | None = None
+        host: bytes | None = None
+        directives_sent = has_auth = ranged = conditional = False
+        for name, value in headers:
+            kind = _REQUEST_FIELDS.get(name)
+            if kind is None:
+                continue
+            if kind == _DIRECTIVES:
+                directives_sent = True
+            elif kind == _COOKIE:
+                if cookie is None:
+                    cookie = value
+            elif kind == _HOST:
+                if host is None:
+                    host = value
+            elif kind == _AUTHORIZATION:
+                has_auth = True
+            elif kind == _RANGE:
+                ranged = method == "GET"
+            else:
+                conditional = True
+        directives = request_directives(headers) if directives_sent else _NO_DIRECTIVES
+        if directives.no_store or (cookie and self.cookie_policy == "bypass"):
+            return None
+        raw_query = scope.get("query_string", b"")
+        if raw_query:
+            raw = raw_query.decode("latin-1")
+            normalized = normalize_query(raw)
+            query = normalized if self.normalize_query else raw
+        else:
+            normalized = query = ""
+        if host:
+            host_name = host.decode("latin-1").strip().lower()
+        else:
+            server = scope.get("server")
+            host_name = f"{server[0]}:{server[1]}" if server else ""
         path = scope["path"]
-        names = {k for k, _ in headers}
-        facts = RequestFacts(
-            method,
-            directives,
-            b"authorization" in names,
-            method == "GET" and b"range" in names,
-            not names.isdisjoint(_CONDITIONALS),
-        )
+        facts = RequestFacts(method, directives, has_auth, ranged, conditional)
         return CacheRequest(
             scope=scope,
             method=method,
             headers=headers,
             key=primary_key(
                 scope.get("scheme", "http"),
-                host,
+                host_name,
                 path,
-                normalized if self.normalize_query else raw_query,
+                query,
                 cookie=cookie if self.cookie_policy == "vary" else None,
             ),
             index=index_of(path, normalized),
-            host=host,
+            host=host_name,
             rule=rule,
             facts=facts,
         )
@@ -491,7 +535,7 @@ class CacheMiddleware:
         # a HEAD's refresh fetches the storable GET; the client's conditionals and Range stay out
         scope = {**req.scope, "method": "GET"}
         facts = RequestFacts(method="GET", directives=req.facts.directives)
-        refresh = CacheRequest(**{**req.__dict__, "scope": scope, "method": "GET", "facts": facts})
+        refresh = replace(req, scope=scope, method="GET", facts=facts)
         try:
             if self.cache.store.shared and not await self._collapser.acquire_lease(flight):
                 return  # one refresh across workers too: the same lease as a miss

@@ -57,6 +57,8 @@ __all__ = [
     "parse_cache_control",
     "parse_http_date",
     "primary_key",
+    "quick_refusal",
+    "status_refused",
     "request_directives",
     "revalidation_headers",
     "update_from_304",
@@ -355,11 +357,61 @@ class StoreDecision:
     vary: tuple[bytes, ...] = ()
 
 
-def _refuse(reason: str) -> StoreDecision:
-    return StoreDecision(False, reason)
-
-
 DEFAULT_TARGETED = (b"cdn-cache-control",)
+_REFUSALS: dict[str, StoreDecision] = {}
+
+
+def _refuse(reason: str) -> StoreDecision:
+    refusal = _REFUSALS.get(reason)
+    if refusal is None:  # immutable: one per reason
+        refusal = _REFUSALS[reason] = StoreDecision(False, reason)
+    return refusal
+
+
+def status_refused(status: int, rule: CacheRule | None) -> bool:
+    """Whether a response with ``status`` is never stored (only ``rule.statuses`` when it names them)."""
+    if status < 200 or status == 206 or status == 304:
+        return True
+    chosen = rule.statuses if rule is not None else None
+    return status not in (UNDERSTOOD_STATUSES if chosen is None else chosen)
+
+
+def quick_refusal(headers: RawHeaders, targeted: Sequence[bytes] = DEFAULT_TARGETED) -> str | None:
+    """The common reasons not to store a response, found in one pass over its fields, or None.
+
+    ``"event-stream"`` (its first ``Content-Type`` is ``text/event-stream``: a live stream is never
+    stored), else ``"no-store"`` or ``"private"`` when ``Cache-Control`` says so plainly: exactly what
+    :func:`decide_store` decides from the parsed directives, and None whenever that is not certain (a
+    quoted string in ``Cache-Control``, or a targeted field such as ``CDN-Cache-Control`` that would
+    replace it). None means: decide with :func:`decide_store`.
+    """
+    content_type: bytes | None = None
+    plain = True  # Cache-Control decides, and reads without quoted strings
+    no_store = False
+    private: bool | None = None  # the first ``private`` counts: bare (True) or with a value (False)
+    for name, value in headers:
+        name = name.lower()
+        if name == b"content-type":
+            if content_type is None:
+                content_type = value
+        elif name == b"cache-control":
+            if b'"' in value:
+                plain = False
+            elif plain:
+                for part in value.lower().split(b","):
+                    directive, sep, _ = part.partition(b"=")
+                    directive = directive.strip()
+                    if directive == b"no-store":
+                        no_store = True
+                    elif directive == b"private" and private is None:
+                        private = not sep
+        elif name in targeted:
+            plain = False
+    if content_type is not None and content_type.lower().startswith(b"text/event-stream"):
+        return "event-stream"
+    if not plain:
+        return None
+    return "no-store" if no_store else ("private" if private else None)
 
 
 def response_directives(headers: RawHeaders, targeted: Sequence[bytes] = DEFAULT_TARGETED) -> tuple[Directives, bool]:
@@ -401,9 +453,7 @@ def decide_store(
     if method != "GET":
         return _refuse("method")
     chosen = rule.statuses if rule is not None else None
-    if status < 200 or status == 206 or status == 304:
-        return _refuse("status")
-    if status not in (UNDERSTOOD_STATUSES if chosen is None else chosen):
+    if status_refused(status, rule):
         return _refuse("status")
     cc, use_expires = response_directives(headers, targeted)
     if "no-store" in cc:

@@ -43,6 +43,8 @@ from asgi_resilience.caching._policy import (
     StoreDecision,
     decide_store,
     freshness,
+    quick_refusal,
+    status_refused,
     usable_fresh,
 )
 
@@ -135,6 +137,7 @@ class NotCached:
 
 
 RequestStep = FreshHit | StaleHit | Revalidate | Miss | Pass | NotCached
+_MISS, _PASS, _NOT_CACHED = Miss(), Pass(), NotCached()  # immutable and empty: one instance each
 
 
 def on_request(entry: Entry | None, req: RequestFacts, now: float, *, passing: bool = False) -> RequestStep:
@@ -156,10 +159,10 @@ def on_request(entry: Entry | None, req: RequestFacts, now: float, *, passing: b
         ):
             return StaleHit(entry)
     if req.directives.only_if_cached:
-        return NotCached()
+        return _NOT_CACHED
     if passing:
-        return Pass()
-    return Revalidate(entry) if entry is not None else Miss()
+        return _PASS
+    return Revalidate(entry) if entry is not None else _MISS
 
 
 def grace_allows(stale: Entry, now: float, *, error: bool = False) -> bool:
@@ -200,6 +203,15 @@ class Forward:
 
 
 ResponseStep = UseUpdated | StaleOnError | StoreWhole | StoreStreamed | Forward
+_FORWARDS: dict[tuple[str, bool], Forward] = {}
+
+
+def _forward(reason: str, mark: bool) -> Forward:
+    """The immutable Forward step, one per (reason, mark): the reasons are a small fixed set."""
+    step = _FORWARDS.get((reason, mark))
+    if step is None:
+        step = _FORWARDS[(reason, mark)] = Forward(reason, mark)
+    return step
 
 
 def on_response(
@@ -224,12 +236,14 @@ def on_response(
     if stale is not None and status >= 500 and grace_allows(stale, response_time, error=True):
         return StaleOnError()
     if req.method != "GET" or trailers:
-        return Forward("method" if req.method != "GET" else "trailers")
+        return _forward("method" if req.method != "GET" else "trailers", False)
     # a key becomes hit-for-pass only for an eligible request, and never while a fresh entry exists
     mark = req.eligible and (stale is None or not freshness(stale, response_time).fresh)
-    content_type = header(headers, b"content-type")
-    if content_type is not None and content_type.lower().startswith(b"text/event-stream"):
-        return Forward("event-stream", mark)  # a live stream is never a stored response
+    refusal = quick_refusal(headers, policy.targeted)
+    if refusal is not None:  # an event stream, or no-store/private said plainly: nothing more to parse
+        if refusal != "event-stream" and status_refused(status, rule):
+            refusal = "status"  # (decide_store's order of reasons)
+        return _forward(refusal, mark)
     decision = decide_store(
         method=req.method,
         status=status,
@@ -244,11 +258,11 @@ def on_response(
         targeted=policy.targeted,
     )
     if not decision.store:
-        return Forward(decision.reason, mark)
+        return _forward(decision.reason, mark)
     # a Content-Length next to Transfer-Encoding is not to be trusted (RFC 9112 section 6.3)
     length = None if header(headers, b"transfer-encoding") is not None else content_length(headers)
     if length is None:
         return StoreStreamed(decision)
     if length > policy.max_body_size:
-        return Forward("too-large", mark)
+        return _forward("too-large", mark)
     return StoreWhole(decision)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from asgi_resilience.caching._policy import (
     CacheRule,
     Entry,
+    RequestDirectives,
     VaryMarker,
     build_entry,
     cache_status,
@@ -26,6 +27,7 @@ from asgi_resilience.caching._policy import (
     parse_cache_control,
     parse_http_date,
     primary_key,
+    quick_refusal,
     request_directives,
     response_tags,
     revalidation_headers,
@@ -33,6 +35,7 @@ from asgi_resilience.caching._policy import (
     usable_fresh,
     vary_values,
 )
+from asgi_resilience.caching._spec import Forward, RequestFacts, StorePolicy, on_response
 from asgi_resilience.caching._storage import decode, encode
 
 T = 1_700_000_000.0
@@ -275,3 +278,46 @@ def test_decode_never_raises_anything_but_value_error(blob: bytes) -> None:
         decode(blob)
     except ValueError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("fields", "quick"),
+    [
+        ((("Cache-Control", "no-store"),), "no-store"),
+        ((("cache-control", "Public, NO-STORE, max-age=60"),), "no-store"),
+        ((("cache-control", "no-store=x"),), "no-store"),
+        ((("cache-control", "private"),), "private"),
+        ((("cache-control", "max-age=60"), ("cache-control", "private, no-store")), "no-store"),
+        ((("cache-control", "private=x-a"),), None),  # only the named field is withheld
+        ((("cache-control", "private=x-a, private"),), None),  # the first private counts
+        ((("cache-control", 'private="x-a"'),), None),  # quoted: parsed in full
+        ((("cache-control", 'community="a, no-store, b"'),), None),  # not a directive of ours
+        ((("cache-control", "no-store"), ("CDN-Cache-Control", "max-age=60")), None),  # the targeted field decides
+        ((("cache-control", "max-age=60"),), None),
+        ((("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "max-age=60")), "event-stream"),
+        ((("content-type", "application/json"), ("content-type", "text/event-stream")), None),  # the first counts
+        ((), None),
+    ],
+)
+def test_quick_refusal_agrees_with_the_full_decision(fields: tuple[tuple[str, str], ...], quick: str | None) -> None:
+    """The one-pass check on the response path refuses exactly what decide_store refuses, or defers to it."""
+    headers = h(*fields)
+    assert quick_refusal(headers) == quick
+    if quick not in (None, "event-stream"):
+        assert store(*fields).reason == quick
+        assert store(*fields, status=206).reason == "status"  # status is decided first, as before
+    for status in (200, 206, 404, 500):
+        step = on_response(
+            RequestFacts("GET", RequestDirectives()),
+            status,
+            [(k.lower(), v) for k, v in headers],
+            request_time=T,
+            response_time=T,
+            rule=None,
+            policy=StorePolicy(),
+        )
+        if quick == "event-stream":
+            assert step == Forward("event-stream", True)
+        elif isinstance(step, Forward):
+            decision = store(*fields, status=status)
+            assert not decision.store and step.reason == decision.reason
