@@ -22,6 +22,7 @@ import msgpack
 
 from asgi_resilience._clock import Clock
 from asgi_resilience.caching._policy import Entry, VaryMarker
+from asgi_resilience.errors import ConfigurationError
 from asgi_resilience.observability import Instrument
 
 __all__ = [
@@ -519,6 +520,20 @@ def _tag(name: str) -> str:
     return "h:" + hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
+def _require_cluster_capable_redis_py() -> None:
+    """The cache on Redis Cluster needs redis-py 8: older asyncio cluster clients cannot publish to or
+    subscribe from the cache's invalidation channel, and L1 copies would go stale silently."""
+    from importlib.metadata import version
+
+    installed = version("redis")
+    major = installed.split(".", 1)[0]
+    if not (major.isascii() and major.isdigit()) or int(major) < 8:
+        raise ConfigurationError(
+            f"the cache on Redis Cluster needs redis-py >= 8.0 (installed: {installed}); "
+            "pip install 'redis>=8' or use a single Redis for the cache"
+        )
+
+
 def _is_cluster(client: Any) -> bool:
     try:
         from redis.asyncio.cluster import RedisCluster
@@ -553,6 +568,8 @@ class RedisStore(Store):
         self._owns = owns_client
         self._channel = f"{namespace}:{{inval}}"
         self._cluster = _is_cluster(client)
+        if self._cluster:
+            _require_cluster_capable_redis_py()
         self._scripts: dict[str, Any] = {}
         self._set_get = True  # SET NX GET (Redis >= 7.0); off after a syntax error from an older server
         self._sharded: bool | None = None  # SPUBLISH/SSUBSCRIBE available; None: not asked yet
@@ -732,7 +749,11 @@ class RedisStore(Store):
                 info = None
             if isinstance(info, dict):  # the cluster client answers per node
                 info = next(iter(info.values()), None)
-            self._sharded = bool(info) and any(bool(item) for item in info)
+            from redis.asyncio.client import PubSub
+
+            # the client must be able to subscribe to it too (redis-py's asyncio PubSub has had
+            # ``ssubscribe`` only in recent releases): otherwise both sides use classic pub/sub
+            self._sharded = bool(info) and any(bool(item) for item in info) and hasattr(PubSub, "ssubscribe")
         return self._sharded
 
     async def publish(self, keys: Sequence[str]) -> None:

@@ -77,7 +77,7 @@ class LimitsStorage(RateLimitStorage):
         async_url = url if scheme.startswith("async+") else "async+" + url
         try:
             self.backend: Any = storage_from_string(async_url, **options)
-        except LimitsConfigurationError as exc:  # a missing client library, a bad URL
+        except (LimitsConfigurationError, ValueError) as exc:  # a missing client library, a bad URL
             raise ConfigurationError(f"storage {_redacted(url)!r} cannot be used through limits: {exc}") from exc
         self.name = "limits:" + scheme.removeprefix("async+")
         self.prefix = prefix

@@ -163,3 +163,16 @@ async def test_long_and_unusual_keys_are_hashed_into_a_tag(new_cache: Callable[.
     assert await cache.purge_tags("ünïcode {tag}") == 1
     assert "fwd=miss" in status_of(await get(mw, long_path))
     assert await cache.purge(long_path) == 1
+
+
+def test_the_cache_on_a_cluster_refuses_a_redis_py_that_cannot_subscribe(
+    redis_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older redis-py asyncio cluster clients cannot use the invalidation channel: said at construction."""
+    import importlib.metadata
+
+    from asgi_resilience import ConfigurationError
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "7.4.0")
+    with pytest.raises(ConfigurationError, match=r"redis-py >= 8\.0 \(installed: 7\.4\.0\)"):
+        Cache(redis_cluster, namespace="old-client")
