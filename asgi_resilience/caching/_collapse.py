@@ -3,9 +3,7 @@
 * A :class:`Flight` per key in this process: the first miss calls the app, concurrent misses wait
   for its entry (``lock_timeout`` at most). The waiters are released as soon as the entry exists,
   before the first client has read it, or at once when the response turns out not storable.
-* A lease in the backend for other processes, which poll for the stored result meanwhile. On Redis
-  the lookup of a missing key takes it (``Cache.lookup``) and the store of the result gives it back
-  (``Cache.set(..., release=)``): a miss that stores is two round trips.
+* A lease in the backend for other processes, which poll for the stored result meanwhile.
 * The hit-for-pass table: keys whose last response (to an eligible request) could not be stored
   are neither looked up in a shared backend nor collapsed for :data:`PASS_SECONDS`, so that an
   uncacheable URL is never serialised behind one request.
@@ -110,11 +108,6 @@ class Collapser:
             "lease", lambda: self.cache.store.acquire_lease(key, self.lock_timeout), "local"
         )
         return flight.token is not None
-
-    async def give_back(self, key: str, token: str | None) -> None:
-        """Release a lease a lookup took for ``key`` when this request does not lead a flight after all."""
-        if token is not None and token != "local":
-            await self.cache.call("lease", lambda: self.cache.store.release_lease(key, token), None)
 
     async def release_lease(self, flight: Flight | None) -> None:
         if flight is None:

@@ -100,8 +100,6 @@ class CacheRequest:
     facts: RequestFacts
     marker: VaryMarker | None = None
     entry_key: str | None = None
-    token: str | None = None  # the stampede lease the lookup took (a shared backend's miss)
-    leased: bool = False  # the lookup found nothing stored and another process's lease
 
     @property
     def directives(self) -> RequestDirectives:
@@ -143,17 +141,15 @@ async def serve(
     await send_response(send, status, [*headers, *extra], body)
 
 
-async def store_entry(shared: Shared, req: CacheRequest, entry: Entry, *, flight: Flight | None = None) -> None:
+async def store_entry(shared: Shared, req: CacheRequest, entry: Entry) -> None:
     """Write ``entry`` (after the response went out): under a Vary marker when it varies.
 
     The request's host is an extra internal tag, so that unsafe methods invalidate this host's
-    copies of the URL only (RFC 9111 section 4.4). The lease of ``flight`` (taken by the lookup or
-    for a revalidation) is given back by the write of its key, in the same round trip.
+    copies of the URL only (RFC 9111 section 4.4).
     """
     cache = shared.cache
     ttl = entry.storage_ttl()
-    host_tag = req.host_tag
-    tags = (*entry.tags, host_tag)
+    tags = (*entry.tags, req.host_tag)
     if entry.vary:
         names = tuple(n for n, _ in entry.vary)
         marker = req.marker
@@ -162,20 +158,11 @@ async def store_entry(shared: Shared, req: CacheRequest, entry: Entry, *, flight
             marker = current if isinstance(current, VaryMarker) and current.names == names else None
         if marker is None:
             marker = VaryMarker(names=names, nonce=secrets.token_hex(4))
-        release = _lease_of(flight, req.key)
-        await cache.set(req.key, marker, max(ttl, 3600.0), index=req.index, tags=(host_tag,), release=release)
+        await cache.set(req.key, marker, max(ttl, 3600.0), index=req.index, tags=(req.host_tag,))
         key = variant_key(req.key, marker.nonce, entry.vary)
     else:
         key = req.key
-    await cache.set(key, entry, ttl, index=req.index, tags=tags, release=_lease_of(flight, key))
-
-
-def _lease_of(flight: Flight | None, key: str) -> str | None:
-    """The backend lease token of ``flight`` if it is the lease of ``key``; the flight no longer holds it."""
-    if flight is None or flight.key != key or flight.token is None or flight.token == "local":
-        return None
-    token, flight.token = flight.token, None
-    return token
+    await cache.set(key, entry, ttl, index=req.index, tags=tags)
 
 
 def _lower_names(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -413,7 +400,7 @@ class Exchange:
         shared, req = self.shared, self.req
         shared.collapser.stored(req.flight_key)
         self._count("stored")
-        await store_entry(shared, req, self.entry, flight=self.flight)
+        await store_entry(shared, req, self.entry)
 
     def _build(self, decision: StoreDecision) -> Entry:
         req = self.req
@@ -444,7 +431,7 @@ class Exchange:
             self._count("hit")
             await serve(shared, req, self.client, updated, hit=True, fwd="stale", fwd_status=304)
             shared.collapser.publish(self.flight, updated)
-            await store_entry(shared, req, updated, flight=self.flight)
+            await store_entry(shared, req, updated)
             return
         if isinstance(step, StaleOnError) and stale is not None:
             self._count("stale")

@@ -220,7 +220,6 @@ class CacheMiddleware:
         self._endpoints = EndpointOptions("cache", app)
         self._refreshing: set[str] = set()
         self._collapser = Collapser(self.cache, self._clock, self.lock_timeout)
-        self._leases = self.cache.store.shared  # a miss takes the cross-process lease as it looks up
         self._flights = self._collapser.flights
         # "hit-for-pass" (as Varnish calls it): keys whose last response could not be stored
         self._passing = self._collapser.passing
@@ -443,30 +442,18 @@ class CacheMiddleware:
         return value if isinstance(value, Entry) else None
 
     async def _lookup(self, req: CacheRequest) -> Entry | None:
-        """The stored entry; on a shared backend a miss of a GET that may lead a flight also takes the
-        key's stampede lease in the same round trip (``req.token``), or learns that another process
-        holds it (``req.leased``)."""
-        lease = self._leases and req.method == "GET" and not req.facts.has_auth
-        lease = lease and not req.facts.directives.only_if_cached
         value = self.cache.peek(req.key)
         if value is None:
-            value = await self._read(req, req.key, lease)
+            value = await self.cache.get(req.key)
         if isinstance(value, VaryMarker):
             req.marker = value
             req.entry_key = variant_key(req.key, value.nonce, vary_values(value.names, req.headers))
             value = self.cache.peek(req.entry_key)
             if value is None:
-                value = await self._read(req, req.entry_key, lease)
+                value = await self.cache.get(req.entry_key)
         else:
             req.entry_key = req.key
         return value if isinstance(value, Entry) else None
-
-    async def _read(self, req: CacheRequest, key: str, lease: bool) -> Entry | VaryMarker | None:
-        if not lease:
-            return await self.cache.get(key)
-        found = await self.cache.lookup(key, lease=self.lock_timeout)
-        req.token, req.leased = found.token, found.leased
-        return found.value
 
     async def _fetch_shared(self, req: CacheRequest) -> Entry | None:
         """A fresh entry for the request's key it may be served, read from the backend (not L1)."""
@@ -491,12 +478,10 @@ class CacheMiddleware:
         """
         collapser, key = self._collapser, req.flight_key
         if req.facts.has_auth or collapser.is_passing(key):  # a variant key can be hit-for-pass too
-            await collapser.give_back(key, req.token)
             await Exchange(self._shared, req, send, stale=stale).run(self.app, receive)
             return
         joined = await collapser.join(key)
         if joined is not None:
-            await collapser.give_back(key, req.token)  # (a lease taken while this process's flight ran)
             shared, timed_out = joined
             if shared is not None and self._shareable(shared, req):
                 self._count("hit")
@@ -508,18 +493,9 @@ class CacheMiddleware:
                 await Exchange(self._shared, req, send, stale=stale).run(self.app, receive)
             return
         flight = collapser.begin(key)
-        flight.token = req.token  # the lease the lookup took, if it did
         leader: Flight | None = flight
         try:
-            if (
-                req.leased  # the lookup found the lease of another process
-                or (
-                    req.token is None
-                    and self._leases
-                    and req.method == "GET"
-                    and not await collapser.acquire_lease(flight)
-                )
-            ):
+            if self.cache.store.shared and req.method == "GET" and not await collapser.acquire_lease(flight):
                 outcome = await collapser.await_other_process(key, lambda: self._fetch_shared(req))
                 if isinstance(outcome, Entry):
                     flight.entry = outcome

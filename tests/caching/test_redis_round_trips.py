@@ -13,7 +13,7 @@ from asgi_resilience import Cache, CacheMiddleware
 from asgi_resilience.caching._policy import Entry
 from asgi_resilience.testing import ManualClock, redis_command_counts
 
-from .conftest import OFF, T0, Origin, get, status_of
+from .conftest import OFF, T0, Origin, get
 
 pytestmark = pytest.mark.redis
 
@@ -85,73 +85,6 @@ async def test_miss_that_stores_is_two_round_trips_and_a_hit_one_command(redis_u
         assert isinstance(found.value, Entry) and found.value.body == b"v%d" % i and found.token is None
     assert sent == ["set"] * 10  # the value comes back from SET NX GET: one command, no lease left behind
     assert sum(redis_command_counts(redis_url).values()) - sum(before.values()) == 10
-
-
-async def test_through_the_middleware_a_miss_that_stores_is_two_round_trips_and_a_hit_one(
-    redis_url: str, cache: Cache
-) -> None:
-    """A miss: SET NX GET (the lookup and the stampede lease), then one script storing the value, its
-    URL index, its tags, the host's invalidation tag and giving the lease back. A hit from Redis: the
-    SET NX GET alone. Nothing else, and no lease left behind."""
-    origin = Origin(headers=[("cache-control", "max-age=60"), ("surrogate-key", "products list")])
-    mw = CacheMiddleware(origin, cache=cache, telemetry=OFF)
-    assert status_of(await get(mw, "/warm-up")).endswith("stored")  # loads the store script once
-    sent = record_sent(cache)
-    before = redis_command_counts(redis_url)
-    for i in range(10):
-        h = await get(mw, f"/products/{i}?b=2&a=1")
-        assert h.status == 200 and status_of(h).endswith("stored")
-    assert origin.calls == 11
-    assert sent == ["set", "evalsha"] * 10  # two round trips per miss
-    after = redis_command_counts(redis_url)
-    changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-    assert changed["evalsha"] == 10 and changed["set"] == 20  # the lookup's SET and the script's
-    assert set(changed) <= {"set", "evalsha", "get", "sadd", "pttl", "pexpire"}
-    client: Any = cache.store._r  # type: ignore[attr-defined]
-    assert await client.keys("*:l:*") == []
-    for key in await client.keys("*:e:*"):
-        assert not (await client.get(key)).startswith(b"\x00lease:")  # every placeholder was replaced
-
-    sent.clear()
-    before = redis_command_counts(redis_url)
-    for i in range(10):
-        h = await get(mw, f"/products/{i}?a=1&b=2")
-        assert status_of(h).startswith("asgi-resilience; hit") and h.body == b"hello"
-    assert origin.calls == 11
-    assert sent == ["set"] * 10  # a hit from Redis is one command
-    assert sum(redis_command_counts(redis_url).values()) - sum(before.values()) == 10
-
-    # a purge by the host's tag (an unsafe request) still finds what these misses stored
-    h = await get(mw, "/products/3?a=1&b=2", method="POST")
-    assert h.status == 200
-    assert "hit" not in status_of(await get(mw, "/products/3?a=1&b=2"))
-    assert status_of(await get(mw, "/products/4?a=1&b=2")).startswith("asgi-resilience; hit")
-
-
-async def test_misses_of_one_key_from_two_processes_still_call_the_app_once(redis_url: str, cache: Cache) -> None:
-    """The lease the lookup takes is what the other process's lookup finds: it waits for the stored value."""
-    import anyio
-
-    origin = Origin(delay=0.1)
-    other = Cache(redis_url, clock=ManualClock(T0), telemetry=OFF, backend_timeout=2.0)
-    try:
-        workers = [CacheMiddleware(origin, cache=c, telemetry=OFF) for c in (cache, other)]
-        results: list[str] = []
-
-        async def one(i: int) -> None:
-            h = await get(workers[i % 2], "/shared")
-            assert h.status == 200 and h.body == b"hello"
-            results.append(status_of(h))
-
-        async with anyio.create_task_group() as tg:
-            for i in range(10):
-                tg.start_soon(one, i)
-        assert origin.calls == 1
-        assert sum("stored" in r for r in results) == 1
-        client: Any = cache.store._r  # type: ignore[attr-defined]
-        assert await client.keys("*:l:*") == []
-    finally:
-        await other.aclose()
 
 
 async def test_not_storable_response_gives_the_lease_back(redis_url: str, cache: Cache) -> None:
