@@ -371,14 +371,12 @@ class _TimedRequest:
         now = self._now()
         # the deadline counts from when the request entered our outermost layer (see _asgi.ARRIVAL)
         arrived = scope.get(ARRIVAL)
-        mono = time.monotonic()
-        spent = max(0.0, mono - arrived) if isinstance(arrived, float) else 0.0
+        spent = max(0.0, time.monotonic() - arrived) if isinstance(arrived, float) else 0.0
         self.loop_deadline = now + self.limit - spent
         outer = self._outer = _DEADLINE.get()
-        deadline = mono + self.limit - spent
+        deadline = time.monotonic() + self.limit - spent
         token = _DEADLINE.set(deadline if outer is None or deadline < outer else outer)
         task = asyncio.current_task() if self._loop is not None and _NATIVE else None
-        queue: _DeadlineQueue | None = None
         try:
             if task is not None and hasattr(task, "uncancel"):
                 self._task = task
@@ -413,9 +411,9 @@ class _TimedRequest:
         finally:
             _DEADLINE.reset(token)
             self.done = True
-            if queue is not None:
+            if self._task is not None:
                 self._queued = False
-                queue.trim()
+                mw._deadline_queue(self._task.get_loop()).trim()
             if self._handle is not None:
                 self._handle.cancel()
             if self._fallback is not None:
@@ -489,13 +487,7 @@ class _TimedRequest:
             return  # a late response of an app we already answered for: dropped
         kind = message["type"]
         if kind == "http.response.start":
-            scope = self.cancel_scope
-            loop = self._loop
-            if (
-                self.cancel_called
-                or (scope is not None and scope.cancel_called)
-                or (loop.time() if loop is not None else anyio.current_time()) >= self.loop_deadline
-            ):
+            if self._cancel_requested() or self._now() >= self.loop_deadline:
                 self._cancel()
                 await anyio.lowlevel.checkpoint()  # raises the cancellation: too late for this response
             self.started = True
@@ -536,6 +528,6 @@ class _TimedRequest:
 def _is_event_stream(message: Message) -> bool:
     """True when an ``http.response.start`` message declares ``Content-Type: text/event-stream``."""
     for name, value in message.get("headers", ()):
-        if len(name) == 12 and name.lower() == b"content-type":
+        if name.lower() == b"content-type":
             return bytes(value).split(b";", 1)[0].strip().lower() == b"text/event-stream"
     return False
