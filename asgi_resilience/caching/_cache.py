@@ -30,6 +30,7 @@ MAX_BYTES = 32 * 1024 * 1024
 """Default byte budget of the memory backend (per process)."""
 L1_MAX_BYTES = 8 * 1024 * 1024
 """Default byte budget of the L1 in front of a shared backend (per process)."""
+_CLOSE_TIMEOUT = 2.0  # seconds aclose() waits for the listener and for the backend client to close
 _BACKOFF = 1.0  # seconds the backend is skipped after a failure, so an outage costs one timeout per second
 
 
@@ -276,9 +277,10 @@ class Cache:
         """Stop the invalidation listener and close a backend client this object created."""
         self._closed = True
         listener, self._listener = self._listener, None
+        # Both waits are bounded: closing must not hang on a Redis that stopped answering.
         if listener is not None:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await listener
-        with contextlib.suppress(Exception):
+                await asyncio.wait({listener}, timeout=_CLOSE_TIMEOUT)
+        with contextlib.suppress(Exception), anyio.move_on_after(_CLOSE_TIMEOUT):
             await self.store.aclose()
